@@ -1,0 +1,1 @@
+"""fusionrec metrics: the `evaluate` module under `metrics/fusionrec_metrics`."""

@@ -1,0 +1,717 @@
+"""FusionRec: a two-tower movie recommender.
+
+The movie tower fuses an id embedding, numeric / categorical / multi-valued content features and the token states of
+a frozen text encoder (pooled by a Perceiver Resampler). The user tower is a causal Transformer over the rating
+history; its state at step j, read out "as of" a time, is the user vector that predicts the j-th movie. Training is a
+sampled softmax over the batch's movies plus uniform negatives, with logQ correction and collision masking.
+
+This file imports only torch, einops, transformers and its sibling config, so it runs as Hub remote code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+try:
+    from .configuration_fusionrec import FusionRecConfig
+except ImportError:
+    from configuration_fusionrec import FusionRecConfig
+
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass
+class FusionModelOutput(ModelOutput):
+    """
+    Args:
+        loss: retrieval loss + rating_loss_weight * rating loss, over the valid history positions.
+        retrieval_loss: sampled-softmax cross-entropy of predicting each history movie from the steps before it.
+        rating_loss: mean squared error of the rating head at the valid positions.
+        user_vectors: (batch, length, hidden) L2-normalised user vector before each history step.
+        movie_vectors: (movies, hidden) L2-normalised vectors of the batch's movies (`movie_inputs` rows).
+        rating_predictions: (batch, length) predicted rating of each history movie.
+    """
+
+    loss: Tensor | None = None
+    retrieval_loss: Tensor | None = None
+    rating_loss: Tensor | None = None
+    user_vectors: Tensor | None = None
+    movie_vectors: Tensor | None = None
+    rating_predictions: Tensor | None = None
+
+
+@dataclass
+class FusionRecommendationOutput(ModelOutput):
+    """
+    Args:
+        movie_indices: (batch, k) recommended movie indices, best first.
+        scores: (batch, k) their retrieval scores (cosine similarity).
+        user_vectors: (batch, hidden) the user vectors the ranking came from.
+    """
+
+    movie_indices: Tensor | None = None
+    scores: Tensor | None = None
+    user_vectors: Tensor | None = None
+
+
+def corrected_logits(scores: Tensor, *, temperature: float | Tensor, log_q: Tensor | None) -> Tensor:
+    """Scaled scores minus the candidates' log sampling probability (Yi et al. 2019), so frequently sampled movies
+    are not over-penalised as negatives. The correction is subtracted: a more likely candidate gets a lower logit."""
+    logits = scores / temperature
+    return logits if log_q is None else logits - log_q
+
+
+def sampled_softmax_loss(
+    user_vectors: Tensor,
+    candidate_vectors: Tensor,
+    *,
+    positive_rows: Tensor,
+    temperature: float | Tensor,
+    log_q: Tensor | None = None,
+    invalid: Tensor | None = None,
+) -> Tensor:
+    """Cross-entropy of each user vector against all candidates, the positive being `positive_rows`; `invalid`
+    (queries x candidates) removes the query's other positives from the negatives."""
+    logits = corrected_logits(user_vectors @ candidate_vectors.T, temperature=temperature, log_q=log_q)
+    if invalid is not None:
+        logits = logits.masked_fill(invalid, torch.finfo(logits.dtype).min)
+    return F.cross_entropy(logits.float(), positive_rows)
+
+
+def load_text_encoder(name_or_path: str, *, revision: str | None = None) -> tuple[nn.Module, object]:
+    """The frozen text encoder and its tokenizer: the encoder half of encoder-decoder models (T5), the model itself
+    otherwise. Eval mode, no gradients."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    model = AutoModel.from_pretrained(name_or_path, revision=revision)
+    encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
+    return encoder.eval().requires_grad_(False), tokenizer
+
+
+@torch.inference_mode()
+def encode_texts(
+    texts: list[str], *, encoder: nn.Module, tokenizer, max_length: int, batch_size: int = 32
+) -> tuple[Tensor, Tensor]:
+    """Token states of the frozen encoder, float16 (the precision of the text cache, so cached and on-demand vectors
+    agree exactly), padded to the longest text, with its boolean mask."""
+    device = next(encoder.parameters()).device
+    states, masks = [], []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenizer(
+            texts[start : start + batch_size], max_length=max_length, truncation=True, padding=True, return_tensors="pt"
+        ).to(device)
+        hidden = encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+        states.append(hidden.to(torch.float16).cpu())
+        masks.append(tokens["attention_mask"].bool().cpu())
+    longest = max(mask.shape[1] for mask in masks)
+    states = torch.cat([F.pad(s, (0, 0, 0, longest - s.shape[1])) for s in states])
+    masks = torch.cat([F.pad(m, (0, longest - m.shape[1])) for m in masks])
+    return states, masks
+
+
+def feed_forward(dim: int, *, mult: int = 4, dropout: float = 0.0) -> nn.Sequential:
+    return nn.Sequential(
+        nn.LayerNorm(dim), nn.Linear(dim, dim * mult), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * mult, dim)
+    )
+
+
+class PerceiverAttention(nn.Module):
+    """Latents attend to the media tokens and to themselves (Flamingo); masked media tokens are never attended."""
+
+    def __init__(self, *, dim: int, head_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        inner = head_dim * num_heads
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, media: Tensor, latents: Tensor, *, media_mask: Tensor) -> Tensor:
+        media, latents = self.norm_media(media), self.norm_latents(latents)
+        q = self.to_q(latents)
+        k, v = self.to_kv(torch.cat((media, latents), dim=1)).chunk(2, dim=-1)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.num_heads) for t in (q, k, v))
+        key_mask = torch.cat((media_mask, media_mask.new_ones(latents.shape[:2])), dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=rearrange(key_mask, "b n -> b 1 1 n"))
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class PerceiverResampler(nn.Module):
+    """Pools a variable number of token states into a fixed set of latents; padding does not change the output."""
+
+    def __init__(
+        self, *, input_dim: int, dim: int, depth: int, head_dim: int, num_heads: int, num_latents: int
+    ) -> None:
+        super().__init__()
+        self.project_in = nn.Linear(input_dim, dim)
+        self.latents = nn.Parameter(torch.empty(num_latents, dim))
+        self.layers = nn.ModuleList(
+            nn.ModuleList([PerceiverAttention(dim=dim, head_dim=head_dim, num_heads=num_heads), feed_forward(dim)])
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: Tensor, *, mask: Tensor) -> Tensor:
+        media = self.project_in(tokens)
+        latents = repeat(self.latents, "n d -> b n d", b=tokens.shape[0])
+        for attention, ff in self.layers:
+            latents = attention(media, latents, media_mask=mask) + latents
+            latents = ff(latents) + latents
+        return self.norm(latents)
+
+
+class CausalSelfAttentionBlock(nn.Module):
+    def __init__(self, *, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+        self.ff = feed_forward(dim, dropout=dropout)
+
+    def forward(self, x: Tensor, *, attention_mask: Tensor) -> Tensor:
+        q, k, v = rearrange(self.to_qkv(self.norm(x)), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        dropout = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout)
+        x = x + F.dropout(self.to_out(rearrange(out, "b h n d -> b n (h d)")), dropout, self.training)
+        return x + self.ff(x)
+
+
+class MovieTower(nn.Module):
+    """Content (+ id) features of a movie -> one vector, through a fusion MLP with a residual path."""
+
+    def __init__(self, config: FusionRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.hidden_size
+        num_parts = 0
+        if config.use_id_embedding:
+            self.id_embedding = nn.Embedding(config.num_movies, dim)
+            num_parts += 1
+        if config.use_content_features:
+            num_numeric = len(config.numeric_feature_names)
+            self.numeric_projection = nn.Linear(2 * num_numeric, dim) if num_numeric else None
+            self.categorical_embeddings = nn.ModuleDict(
+                {name: nn.Embedding(size, dim) for name, size in config.categorical_vocab_sizes.items()}
+            )
+            self.bag_embeddings = nn.ModuleDict(
+                {name: nn.Embedding(size, dim, padding_idx=0) for name, size in config.multi_valued_vocab_sizes.items()}
+            )
+            num_parts += bool(num_numeric) + len(self.categorical_embeddings) + len(self.bag_embeddings)
+        if config.use_text:
+            self.text_resampler = PerceiverResampler(
+                input_dim=config.text_hidden_size,
+                dim=dim,
+                depth=config.perceiver_depth,
+                head_dim=config.perceiver_head_dim,
+                num_heads=config.perceiver_num_heads,
+                num_latents=config.perceiver_num_latents,
+            )
+            num_parts += 1
+        fused = num_parts * dim
+        self.fusion = nn.Sequential(
+            nn.Linear(fused, config.fusion_hidden_size),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.fusion_hidden_size, dim),
+        )
+        self.residual = nn.Linear(fused, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def _numeric_part(self, numeric: Tensor) -> Tensor:
+        mean = numeric.new_tensor(self.config.numeric_feature_means)
+        std = numeric.new_tensor(self.config.numeric_feature_stds)
+        missing = torch.isnan(numeric)
+        values = torch.where(missing, 0.0, (numeric - mean) / std).clamp(-10.0, 10.0)
+        return self.numeric_projection(torch.cat((values, missing.to(values.dtype)), dim=-1))
+
+    def forward(
+        self,
+        *,
+        movie_indices: Tensor,
+        numeric: Tensor | None = None,
+        categorical: dict[str, Tensor] | None = None,
+        multi_valued: dict[str, Tensor] | None = None,
+        text_states: Tensor | None = None,
+        text_mask: Tensor | None = None,
+    ) -> Tensor:
+        parts = []
+        if self.config.use_id_embedding:
+            ids = self.id_embedding(movie_indices)
+            if self.training and self.config.movie_id_dropout > 0:
+                keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.movie_id_dropout
+                ids = ids * keep
+            parts.append(ids)
+        if self.config.use_content_features:
+            if self.numeric_projection is not None:
+                parts.append(self._numeric_part(numeric.to(self.residual.weight.dtype)))
+            parts.extend(self.categorical_embeddings[name](categorical[name]) for name in self.categorical_embeddings)
+            for name, embedding in self.bag_embeddings.items():
+                bag = multi_valued[name]
+                present = (bag != 0).unsqueeze(-1)
+                summed = (embedding(bag) * present).sum(dim=1)
+                parts.append(summed / present.sum(dim=1).clamp(min=1))
+        if self.config.use_text:
+            latents = self.text_resampler(text_states.to(self.residual.weight.dtype), mask=text_mask)
+            parts.append(latents.mean(dim=1))
+        fused = torch.cat(parts, dim=-1)
+        return self.norm(self.fusion(fused) + self.residual(fused))
+
+
+class UserTower(nn.Module):
+    """Causal Transformer over [start, step_1, ..., step_L]; state j has seen the steps before j and, read out with
+    the user id and a query time, is the user vector that predicts step j (state L: the next, unseen movie)."""
+
+    def __init__(self, config: FusionRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.hidden_size
+        self.movie_projection = nn.Linear(dim, dim)
+        self.rating_embedding = nn.Embedding(config.num_rating_buckets, dim)
+        self.step_time_projection = nn.Linear(3, dim)
+        self.start_token = nn.Parameter(torch.empty(dim))
+        self.position_embedding = nn.Embedding(config.max_history_length + 1, dim)
+        self.blocks = nn.ModuleList(
+            CausalSelfAttentionBlock(dim=dim, num_heads=config.user_num_heads, dropout=config.dropout)
+            for _ in range(config.user_num_layers)
+        )
+        self.user_embedding = nn.Embedding(config.num_users, dim)
+        self.query_time_projection = nn.Linear(3, dim)
+        self.readout = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+
+    def time_features(self, query: Tensor, previous: Tensor, has_previous: Tensor) -> Tensor:
+        """[scaled time, log days since the previous event, whether there is one]; differences taken in int64 so
+        unix seconds keep their precision."""
+        scaled = (query.double() - self.config.time_origin) / self.config.time_scale
+        gap_days = (query - previous).clamp(min=0).double() / SECONDS_PER_DAY
+        gap = torch.where(has_previous, torch.log1p(gap_days) / 5.0, 0.0)
+        return torch.stack((scaled, gap, has_previous.double()), dim=-1).to(self.readout[1].weight.dtype)
+
+    def encode(self, *, movie_vectors: Tensor, ratings: Tensor, timestamps: Tensor, mask: Tensor) -> Tensor:
+        """(batch, length) history -> (batch, length + 1, hidden) causal states; padding never reaches a valid one."""
+        batch, length = mask.shape
+        buckets = torch.round(ratings / self.config.rating_step).long().clamp(0, self.config.num_rating_buckets - 1)
+        previous = F.pad(timestamps, (1, 0))[:, :-1]
+        has_previous = F.pad(mask, (1, 0))[:, :-1] & mask
+        steps = (
+            self.movie_projection(movie_vectors * math.sqrt(self.config.hidden_size))
+            + self.rating_embedding(buckets * mask)
+            + self.step_time_projection(self.time_features(timestamps, previous, has_previous))
+        )
+        tokens = torch.cat((repeat(self.start_token, "d -> b 1 d", b=batch), steps), dim=1)
+        tokens = tokens + self.position_embedding(torch.arange(length + 1, device=mask.device))
+        valid = F.pad(mask, (1, 0), value=True)
+        causal = torch.ones(length + 1, length + 1, dtype=torch.bool, device=mask.device).tril()
+        attention_mask = causal & rearrange(valid, "b n -> b 1 1 n")
+        for block in self.blocks:
+            tokens = block(tokens, attention_mask=attention_mask)
+        return tokens
+
+    def read_out(
+        self, states: Tensor, *, user_indices: Tensor, query_times: Tensor, previous_times: Tensor, has_previous: Tensor
+    ) -> Tensor:
+        """User vectors (unnormalised) from causal states, the user id and the time they are asked for."""
+        user = self.user_embedding(user_indices)
+        while user.dim() < states.dim():
+            user = user.unsqueeze(-2)
+        time = self.query_time_projection(self.time_features(query_times, previous_times, has_previous))
+        return self.readout(states + user + time)
+
+
+class RatingHead(nn.Module):
+    def __init__(self, config: FusionRecConfig) -> None:
+        super().__init__()
+        self.rating_min, self.rating_max = config.rating_min, config.rating_max
+        dim = config.hidden_size
+        self.mlp = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Linear(dim, 1))
+
+    def forward(self, user: Tensor, movie: Tensor) -> Tensor:
+        score = self.mlp(torch.cat((user, movie, user * movie), dim=-1)).squeeze(-1)
+        return self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(score)
+
+
+class FusionPreTrainedModel(PreTrainedModel):
+    config_class = FusionRecConfig
+    base_model_prefix = "fusionrec"
+    main_input_name = "history_movie_indices"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, PerceiverResampler):
+            init.normal_(module.latents, mean=0.0, std=std)
+        elif isinstance(module, UserTower):
+            init.normal_(module.start_token, mean=0.0, std=std)
+        elif isinstance(module, FusionModel) and module.log_temperature is not None:
+            init.constant_(module.log_temperature, math.log(self.config.retrieval_temperature))
+
+
+class FusionModel(FusionPreTrainedModel):
+    """Movie tower + user tower + rating head, trained by sampled softmax. See the module docstring."""
+
+    def __init__(self, config: FusionRecConfig) -> None:
+        super().__init__(config)
+        self.movie_tower = MovieTower(config)
+        self.user_tower = UserTower(config)
+        self.rating_head = RatingHead(config)
+        self.log_temperature = (
+            nn.Parameter(torch.tensor(math.log(config.retrieval_temperature))) if config.learn_temperature else None
+        )
+        self._text_encoder: tuple[nn.Module, object] | None = None
+        self.post_init()
+
+    @property
+    def temperature(self) -> Tensor | float:
+        return self.log_temperature.exp() if self.log_temperature is not None else self.config.retrieval_temperature
+
+    # ----- frozen text encoder (kept outside the state dict: the config names it) -----
+
+    def set_text_encoder(self, encoder: nn.Module, tokenizer) -> None:
+        """Use an already loaded frozen encoder (it is not registered as a submodule, so it is never saved)."""
+        object.__setattr__(self, "_text_encoder", (encoder.eval().requires_grad_(False), tokenizer))
+
+    def text_encoder(self) -> tuple[nn.Module, object]:
+        if self._text_encoder is None:
+            encoder, tokenizer = load_text_encoder(
+                self.config.text_encoder_name_or_path, revision=self.config.text_encoder_revision
+            )
+            self.set_text_encoder(encoder.to(self.device), tokenizer)
+        return self._text_encoder
+
+    def encode_text(self, texts: list[str], *, batch_size: int = 32) -> tuple[Tensor, Tensor]:
+        """Token states for raw movie texts (the new-movie path); training reads the same states from the cache."""
+        encoder, tokenizer = self.text_encoder()
+        hidden = getattr(encoder.config, "d_model", None) or encoder.config.hidden_size
+        if hidden != self.config.text_hidden_size:
+            raise ValueError(
+                f"text encoder {self.config.text_encoder_name_or_path!r} has hidden size {hidden}, but "
+                f"config.text_hidden_size is {self.config.text_hidden_size}; set text_hidden_size to match."
+            )
+        return encode_texts(
+            texts, encoder=encoder, tokenizer=tokenizer, max_length=self.config.text_max_length, batch_size=batch_size
+        )
+
+    # ----- input checks: one clear line naming the field -----
+
+    def _check_index(self, name: str, values: Tensor, size: int) -> None:
+        if values.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{name} must be an integer tensor, got {values.dtype}.")
+        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= size):
+            raise ValueError(
+                f"{name} has index {int(values.max()) if int(values.max()) >= size else int(values.min())} outside "
+                f"[0, {size}); the data and the config come from different feature specs."
+            )
+
+    def _check_movie_inputs(self, inputs: dict) -> None:
+        config = self.config
+        known = {"movie_indices", "numeric", "categorical", "multi_valued", "text_states", "text_mask", "texts", "log_q"}
+        unknown = set(inputs) - known
+        if unknown:
+            raise ValueError(f"movie_inputs has unknown field(s) {sorted(unknown)}; expected some of {sorted(known)}.")
+        if "movie_indices" not in inputs:
+            raise ValueError("movie_inputs.movie_indices is required.")
+        indices = inputs["movie_indices"]
+        if indices.dim() != 1:
+            raise ValueError(f"movie_inputs.movie_indices must be 1-D (movies,), got shape {tuple(indices.shape)}.")
+        self._check_index("movie_inputs.movie_indices", indices, config.num_movies)
+        count = indices.shape[0]
+        if config.use_content_features:
+            num_numeric = len(config.numeric_feature_names)
+            numeric = inputs.get("numeric")
+            if num_numeric and (numeric is None or tuple(numeric.shape) != (count, num_numeric)):
+                got = None if numeric is None else tuple(numeric.shape)
+                raise ValueError(f"movie_inputs.numeric must have shape ({count}, {num_numeric}), got {got}.")
+            for field, sizes in (
+                ("categorical", config.categorical_vocab_sizes),
+                ("multi_valued", config.multi_valued_vocab_sizes),
+            ):
+                given = inputs.get(field) or {}
+                if set(given) != set(sizes):
+                    raise ValueError(
+                        f"movie_inputs.{field} has features {sorted(given)}, the config expects {sorted(sizes)}."
+                    )
+                for name, values in given.items():
+                    if values.shape[0] != count or values.dim() != (1 if field == "categorical" else 2):
+                        raise ValueError(f"movie_inputs.{field}[{name!r}] has shape {tuple(values.shape)}.")
+                    self._check_index(f"movie_inputs.{field}[{name!r}]", values, sizes[name])
+        if config.use_text and "texts" not in inputs:
+            states, mask = inputs.get("text_states"), inputs.get("text_mask")
+            if states is None or mask is None:
+                raise ValueError("movie_inputs needs text_states and text_mask (or texts) when config.use_text is on.")
+            if states.dim() != 3 or states.shape[0] != count or states.shape[2] != config.text_hidden_size:
+                raise ValueError(
+                    f"movie_inputs.text_states must have shape ({count}, tokens, {config.text_hidden_size}), "
+                    f"got {tuple(states.shape)}."
+                )
+            if tuple(mask.shape) != tuple(states.shape[:2]) or mask.dtype != torch.bool:
+                raise ValueError(f"movie_inputs.text_mask must be bool of shape {tuple(states.shape[:2])}.")
+
+    def _check_history(self, movie_indices: Tensor, ratings: Tensor, timestamps: Tensor, mask: Tensor) -> None:
+        if movie_indices.dim() != 2:
+            raise ValueError(f"history_movie_indices must be (batch, length), got {tuple(movie_indices.shape)}.")
+        for name, values in (("history_ratings", ratings), ("history_timestamps", timestamps), ("history_mask", mask)):
+            if values.shape != movie_indices.shape:
+                raise ValueError(f"{name} has shape {tuple(values.shape)}, history_movie_indices {tuple(movie_indices.shape)}.")
+        if mask.dtype != torch.bool:
+            raise ValueError(f"history_mask must be bool, got {mask.dtype}.")
+        if movie_indices.shape[1] > self.config.max_history_length:
+            raise ValueError(
+                f"history length {movie_indices.shape[1]} exceeds config.max_history_length "
+                f"({self.config.max_history_length}); keep the most recent steps."
+            )
+        self._check_index("history_movie_indices", movie_indices * mask, self.config.num_movies)
+        if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            raise ValueError("history_mask must be right-padded (valid steps first, then padding).")
+
+    # ----- public API -----
+
+    def calculate_movie_feature(
+        self,
+        movie_indices: Tensor,
+        *,
+        numeric: Tensor | None = None,
+        categorical: dict[str, Tensor] | None = None,
+        multi_valued: dict[str, Tensor] | None = None,
+        text_states: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        texts: list[str] | None = None,
+    ) -> Tensor:
+        """L2-normalised movie vectors. Give the cached `text_states`/`text_mask`, or raw `texts` for new movies."""
+        inputs = {
+            "movie_indices": movie_indices,
+            "numeric": numeric,
+            "categorical": categorical,
+            "multi_valued": multi_valued,
+            "text_states": text_states,
+            "text_mask": text_mask,
+        }
+        if texts is not None:
+            inputs["texts"] = texts
+        return self._movie_vectors({k: v for k, v in inputs.items() if v is not None})
+
+    def _movie_vectors(self, inputs: dict) -> Tensor:
+        self._check_movie_inputs(inputs)
+        text_states, text_mask = inputs.get("text_states"), inputs.get("text_mask")
+        if self.config.use_text and "texts" in inputs:
+            text_states, text_mask = self.encode_text(list(inputs["texts"]))
+            text_states, text_mask = text_states.to(self.device), text_mask.to(self.device)
+        hidden = self.movie_tower(
+            movie_indices=inputs["movie_indices"],
+            numeric=inputs.get("numeric"),
+            categorical=inputs.get("categorical"),
+            multi_valued=inputs.get("multi_valued"),
+            text_states=text_states,
+            text_mask=text_mask,
+        )
+        return F.normalize(hidden, dim=-1)
+
+    def calculate_user_feature(
+        self,
+        *,
+        history_movie_indices: Tensor,
+        history_ratings: Tensor,
+        history_timestamps: Tensor,
+        history_mask: Tensor,
+        movie_vectors: Tensor,
+        user_indices: Tensor | None = None,
+        as_of: Tensor | int | None = None,
+    ) -> Tensor:
+        """L2-normalised user vectors as of a time (unix seconds, one per user or one for all; default: each user's
+        last rating). Ratings after `as_of` are ignored. `movie_vectors` is the catalog matrix (num_movies, hidden)
+        from `calculate_movie_feature`. Histories are time-ordered and right-padded; an empty history is allowed."""
+        self._check_history(history_movie_indices, history_ratings, history_timestamps, history_mask)
+        mask = history_mask
+        if as_of is not None:
+            as_of = torch.as_tensor(as_of, dtype=torch.int64, device=mask.device).expand(mask.shape[0])
+            mask = mask & (history_timestamps <= as_of[:, None])
+        if user_indices is None:
+            user_indices = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
+        self._check_index("user_indices", user_indices, self.config.num_users)
+        states = self.user_tower.encode(
+            movie_vectors=movie_vectors[history_movie_indices * mask],
+            ratings=history_ratings,
+            timestamps=history_timestamps,
+            mask=mask,
+        )
+        lengths = mask.sum(dim=1)
+        last_time = F.pad(history_timestamps, (1, 0)).gather(1, lengths[:, None]).squeeze(1)
+        query = as_of if as_of is not None else last_time
+        final_state = states[torch.arange(states.shape[0], device=states.device), lengths]
+        user = self.user_tower.read_out(
+            final_state, user_indices=user_indices, query_times=query, previous_times=last_time, has_previous=lengths > 0
+        )
+        return F.normalize(user, dim=-1)
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        *,
+        history_movie_indices: Tensor,
+        history_ratings: Tensor,
+        history_timestamps: Tensor,
+        history_mask: Tensor,
+        movie_vectors: Tensor,
+        user_indices: Tensor | None = None,
+        as_of: Tensor | int | None = None,
+        k: int = 10,
+        exclude_history: bool = True,
+        candidate_mask: Tensor | None = None,
+    ) -> FusionRecommendationOutput:
+        """Top-k movies per user by exact scoring against the whole catalog; seen movies (up to `as_of`) and movies
+        outside `candidate_mask` are never returned."""
+        users = self.calculate_user_feature(
+            history_movie_indices=history_movie_indices,
+            history_ratings=history_ratings,
+            history_timestamps=history_timestamps,
+            history_mask=history_mask,
+            movie_vectors=movie_vectors,
+            user_indices=user_indices,
+            as_of=as_of,
+        )
+        scores = users @ movie_vectors.T
+        excluded = torch.zeros_like(scores, dtype=torch.bool)
+        if exclude_history:
+            seen = history_mask
+            if as_of is not None:
+                as_of = torch.as_tensor(as_of, dtype=torch.int64, device=seen.device).expand(seen.shape[0])
+                seen = seen & (history_timestamps <= as_of[:, None])
+            rows = torch.arange(seen.shape[0], device=seen.device)[:, None].expand_as(seen)
+            excluded[rows[seen], history_movie_indices[seen]] = True
+        if candidate_mask is not None:
+            excluded |= ~candidate_mask.to(excluded.device).expand_as(excluded)
+        scores = scores.masked_fill(excluded, float("-inf"))
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        return FusionRecommendationOutput(movie_indices=top.indices, scores=top.values, user_vectors=users)
+
+    def forward(
+        self,
+        history_movie_indices: Tensor,
+        history_ratings: Tensor,
+        history_timestamps: Tensor,
+        history_mask: Tensor,
+        *,
+        movie_inputs: dict,
+        user_indices: Tensor | None = None,
+        return_loss: bool = True,
+    ) -> FusionModelOutput:
+        """Train on whole sequences: the state before each history step predicts that step's movie (retrieval) and
+        rating. `movie_inputs` holds the features of every movie the batch uses: sorted, unique `movie_indices`
+        covering the histories, plus uniform negatives, with their log sampling probability `log_q`."""
+        self._check_history(history_movie_indices, history_ratings, history_timestamps, history_mask)
+        candidate_indices = movie_inputs["movie_indices"]
+        movie_vectors = self._movie_vectors({k: v for k, v in movie_inputs.items() if k != "log_q"})
+        rows = torch.searchsorted(candidate_indices, history_movie_indices * history_mask).clamp(
+            max=len(candidate_indices) - 1
+        )
+        if not bool((candidate_indices[rows] == history_movie_indices)[history_mask].all()):
+            raise ValueError("movie_inputs.movie_indices must be sorted, unique and contain every history movie.")
+        mask = history_mask
+        if user_indices is None:
+            user_indices = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
+        self._check_index("user_indices", user_indices, self.config.num_users)
+        if self.training and self.config.user_id_dropout > 0:
+            keep = torch.rand(user_indices.shape, device=user_indices.device) >= self.config.user_id_dropout
+            user_indices = user_indices * keep
+        history_vectors = movie_vectors[rows]
+        states = self.user_tower.encode(
+            movie_vectors=history_vectors, ratings=history_ratings, timestamps=history_timestamps, mask=mask
+        )[:, :-1]
+        previous = F.pad(history_timestamps, (1, 0))[:, :-1]
+        has_previous = F.pad(mask, (1, 0))[:, :-1] & mask
+        user_hidden = self.user_tower.read_out(
+            states, user_indices=user_indices, query_times=history_timestamps, previous_times=previous,
+            has_previous=has_previous,
+        )
+        user_vectors = F.normalize(user_hidden, dim=-1)
+        rating_predictions = self.rating_head(user_hidden, history_vectors)
+        if not return_loss:
+            return FusionModelOutput(
+                user_vectors=user_vectors, movie_vectors=movie_vectors, rating_predictions=rating_predictions
+            )
+
+        log_q = movie_inputs.get("log_q") if self.config.logq_correction else None
+        all_vectors, all_indices, all_log_q, offset = gather_candidates(movie_vectors, candidate_indices, log_q)
+        in_window = (history_movie_indices.unsqueeze(-1) == all_indices).logical_and(mask.unsqueeze(-1)).any(dim=1)
+        positive_rows = rows[mask] + offset
+        invalid = in_window[mask.nonzero()[:, 0]]
+        invalid[torch.arange(len(positive_rows), device=invalid.device), positive_rows] = False
+        invalid |= all_indices < 0
+        retrieval_loss = sampled_softmax_loss(
+            user_vectors[mask],
+            all_vectors,
+            positive_rows=positive_rows,
+            temperature=self.temperature,
+            log_q=all_log_q,
+            invalid=invalid,
+        )
+        rating_loss = F.mse_loss(rating_predictions[mask].float(), history_ratings[mask].float())
+        loss = retrieval_loss + self.config.rating_loss_weight * rating_loss
+        return FusionModelOutput(
+            loss=loss,
+            retrieval_loss=retrieval_loss,
+            rating_loss=rating_loss,
+            user_vectors=user_vectors,
+            movie_vectors=movie_vectors,
+            rating_predictions=rating_predictions,
+        )
+
+
+def gather_candidates(
+    vectors: Tensor, indices: Tensor, log_q: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None, int]:
+    """Every process's candidate movies, with gradients (other processes' movies become extra negatives). Returns the
+    concatenated vectors, movie indices (-1 marks padding), log_q, and the offset of this process's rows."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return vectors, indices, log_q, 0
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    if world == 1:
+        return vectors, indices, log_q, 0
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = [torch.zeros(1, dtype=torch.long, device=vectors.device) for _ in range(world)]
+    torch.distributed.all_gather(sizes, torch.tensor([len(indices)], device=vectors.device))
+    sizes = [int(size) for size in sizes]
+    pad = max(sizes) - len(indices)
+    log_q = torch.zeros(len(indices), device=vectors.device) if log_q is None else log_q
+    gathered_vectors = all_gather(F.pad(vectors, (0, 0, 0, pad)))
+    gathered_indices = [torch.zeros(max(sizes), dtype=indices.dtype, device=indices.device) for _ in range(world)]
+    torch.distributed.all_gather(gathered_indices, F.pad(indices, (0, pad), value=-1))
+    gathered_log_q = [torch.zeros(max(sizes), dtype=log_q.dtype, device=log_q.device) for _ in range(world)]
+    torch.distributed.all_gather(gathered_log_q, F.pad(log_q, (0, pad)))
+    return (
+        torch.cat(gathered_vectors),
+        torch.cat(gathered_indices),
+        torch.cat(gathered_log_q),
+        rank * max(sizes),
+    )
+
+
+FusionRecConfig.register_for_auto_class()
+FusionModel.register_for_auto_class("AutoModel")
+AutoConfig.register("fusionrec", FusionRecConfig, exist_ok=True)
+AutoModel.register(FusionRecConfig, FusionModel, exist_ok=True)
+
+__all__ = [
+    "FusionModel",
+    "FusionModelOutput",
+    "FusionPreTrainedModel",
+    "FusionRecommendationOutput",
+    "PerceiverResampler",
+    "corrected_logits",
+    "encode_texts",
+    "load_text_encoder",
+    "sampled_softmax_loss",
+]

