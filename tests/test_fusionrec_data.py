@@ -1,0 +1,143 @@
+"""Pure data transforms between the prepared dataset and the model: splits, windows, padding, negatives, text cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny import save_tiny_t5
+
+from fusionrec_data import (
+    DatasetError,
+    MovieCatalog,
+    TrainingCollator,
+    UserSequence,
+    build_text_cache,
+    evaluation_examples,
+    load_feature_spec,
+    movie_frequency,
+    pad_histories,
+    train_sequence,
+    training_windows,
+)
+
+
+def row(movies, *, temporal_valid_start=None, temporal_test_start=None) -> dict:
+    n = len(movies)
+    return {
+        "user_index": 3,
+        "movie_index": np.asarray(movies, dtype=np.int32),
+        "rating": np.arange(1, n + 1, dtype=np.float32) / 2,
+        "timestamp": np.arange(n, dtype=np.int64) * 100 + 1_000,
+        "loo_valid_position": n - 2 if n >= 3 else -1,
+        "loo_test_position": n - 1 if n >= 3 else -1,
+        "temporal_valid_start": n if temporal_valid_start is None else temporal_valid_start,
+        "temporal_test_start": n if temporal_test_start is None else temporal_test_start,
+    }
+
+
+COLD = np.array([False, False, True, False, False, True, False, False])
+
+
+def test_leave_one_out_training_and_evaluation_follow_the_protocol():
+    user = row([4, 1, 3, 0, 6])
+    assert train_sequence(user, "leave_one_out", COLD).movies.tolist() == [4, 1, 3]
+    validation = evaluation_examples([user], "leave_one_out", "validation", COLD)
+    test = evaluation_examples([user], "leave_one_out", "test", COLD)
+    assert validation.targets.tolist() == [0] and validation.histories[0].movies.tolist() == [4, 1, 3]
+    assert test.targets.tolist() == [6] and test.histories[0].movies.tolist() == [4, 1, 3, 0]
+    assert test.target_ratings.tolist() == [2.5] and test.target_timestamps.tolist() == [1_400]
+    short = row([4, 1])
+    assert train_sequence(short, "leave_one_out", COLD).movies.tolist() == [4, 1]
+    assert len(evaluation_examples([short], "leave_one_out", "test", COLD)) == 0
+
+
+def test_temporal_split_uses_markers_and_never_leaks_the_future():
+    user = row([4, 1, 3, 0, 6, 7], temporal_valid_start=3, temporal_test_start=5)
+    assert train_sequence(user, "temporal", COLD).movies.tolist() == [4, 1, 3]
+    validation = evaluation_examples([user], "temporal", "validation", COLD)
+    test = evaluation_examples([user], "temporal", "test", COLD)
+    assert (validation.targets.tolist(), validation.histories[0].movies.tolist()) == ([0], [4, 1, 3])
+    assert (test.targets.tolist(), test.histories[0].movies.tolist()) == ([7], [4, 1, 3, 0, 6])
+    no_test = row([4, 1, 3], temporal_valid_start=3, temporal_test_start=3)
+    assert len(evaluation_examples([no_test], "temporal", "test", COLD)) == 0
+
+
+def test_cold_items_remove_cold_movies_from_histories_and_rank_among_cold_movies():
+    user = row([4, 2, 1, 5, 3, 0, 6])
+    assert train_sequence(user, "cold_items", COLD).movies.tolist() == [4, 1, 3]
+    test = evaluation_examples([user], "cold_items", "test", COLD)
+    assert test.targets.tolist() == [2, 5]
+    assert [h.movies.tolist() for h in test.histories] == [[4], [4, 1]]
+    assert test.candidate_mask.tolist() == COLD.tolist()
+    validation = evaluation_examples([user], "cold_items", "validation", COLD)
+    assert validation.targets.tolist() == [0] and validation.candidate_mask is None
+
+
+def test_unknown_split_or_stage_is_one_clear_error():
+    with pytest.raises(DatasetError, match="unknown split 'random'"):
+        train_sequence(row([1, 2, 3]), "random", COLD)
+    with pytest.raises(DatasetError, match="unknown stage"):
+        evaluation_examples([row([1, 2, 3])], "leave_one_out", "train", COLD)
+
+
+def test_training_windows_cover_every_step_once_ending_at_the_last():
+    sequence = UserSequence(1, np.arange(10), np.ones(10, np.float32), np.arange(10))
+    windows = training_windows([sequence], window=4)
+    assert [w.movies.tolist() for w in windows] == [[6, 7, 8, 9], [2, 3, 4, 5], [0, 1]]
+
+
+def test_pad_histories_keeps_the_most_recent_steps_right_padded():
+    sequences = [UserSequence(2, np.arange(5), np.full(5, 4.0, np.float32), np.arange(5) + 10), UserSequence(1, np.arange(2), np.ones(2, np.float32), np.arange(2))]
+    batch = pad_histories(sequences, max_length=3)
+    assert batch["history_movie_indices"].tolist() == [[2, 3, 4], [0, 1, 0]]
+    assert batch["history_mask"].tolist() == [[True, True, True], [True, True, False]]
+    assert batch["history_timestamps"][0].tolist() == [12, 13, 14] and batch["user_indices"].tolist() == [2, 1]
+    empty = pad_histories([UserSequence(0, np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))], max_length=3)
+    assert empty["history_mask"].shape == (1, 0)
+
+
+class _Config:
+    use_content_features = False
+    use_text = False
+    max_history_length = 4
+
+
+def test_collator_candidates_cover_the_batch_and_log_q_follows_frequency():
+    catalog = MovieCatalog(
+        numeric=torch.zeros(8, 0), categorical={}, multi_valued={}, texts=[""] * 8, titles=[""] * 8, years=[None] * 8,
+        cold_item=torch.zeros(8, dtype=torch.bool), num_ratings=torch.zeros(8, dtype=torch.long),
+    )
+    sequences = [UserSequence(1, np.array([0, 1, 2]), np.ones(3, np.float32), np.arange(3)), UserSequence(2, np.array([0, 3]), np.ones(2, np.float32), np.arange(2))]
+    frequency = movie_frequency(sequences, 8)
+    assert frequency.tolist() == [2, 1, 1, 1, 0, 0, 0, 0]
+    collate = TrainingCollator(catalog, config=_Config(), movie_frequency=frequency, negative_pool=np.arange(4, 8), num_negatives=2, seed=0)
+    batch = collate(sequences)
+    candidates = batch["movie_inputs"]["movie_indices"]
+    assert set(range(4)) <= set(candidates.tolist()) and torch.equal(candidates, torch.unique(candidates))
+    log_q = dict(zip(candidates.tolist(), batch["movie_inputs"]["log_q"].tolist(), strict=True))
+    negative = next(i for i in candidates.tolist() if i >= 4)
+    assert log_q[0] > log_q[1] == log_q[2] == log_q[3] and all(value < 0 for value in log_q.values())
+    expected_negative = np.log(1 - (1 - 1 / 4) ** 2)
+    assert log_q[negative] == pytest.approx(expected_negative, rel=1e-6)
+    assert log_q[0] == pytest.approx(np.log(1 - (1 - 2 / 5) ** 5), rel=1e-6)
+
+
+def test_text_cache_encodes_each_text_once_and_is_reused(tmp_path):
+    encoder_dir = save_tiny_t5(tmp_path / "t5")
+    texts = ["a spy story", "a cowboy doll", "a spy story"]
+    states, lengths = build_text_cache(texts, cache_root=tmp_path / "cache", encoder_name=str(encoder_dir), revision=None, max_length=16, show_progress=False)
+    assert states.shape[:2] == (3, 16) and states.dtype == torch.float16
+    assert torch.equal(states[0], states[2]) and lengths[0] == lengths[2]
+    cache_files = list((tmp_path / "cache").rglob("states.safetensors"))
+    assert len(cache_files) == 1
+    stamp = cache_files[0].stat().st_mtime_ns
+    again, _ = build_text_cache(texts[:2], cache_root=tmp_path / "cache", encoder_name=str(encoder_dir), revision=None, max_length=16, show_progress=False)
+    assert torch.equal(again, states[:2]) and cache_files[0].stat().st_mtime_ns == stamp
+    more, _ = build_text_cache(["a new heist"] + texts, cache_root=tmp_path / "cache", encoder_name=str(encoder_dir), revision=None, max_length=16, show_progress=False)
+    assert torch.equal(more[1:], states)
+
+
+def test_missing_feature_spec_is_one_line(tmp_path):
+    with pytest.raises(DatasetError, match="feature_spec.json: not found"):
+        load_feature_spec(tmp_path)
