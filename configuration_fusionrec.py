@@ -96,7 +96,7 @@ class FusionRecConfig(PretrainedConfig):
         time_origin: float = 0.0,
         time_scale: float = 315_576_000.0,
         dropout: float = 0.1,
-        retrieval_temperature: float = 0.05,
+        retrieval_temperature: float = 0.1,
         learn_temperature: bool = False,
         logq_correction: bool = True,
         rating_loss_weight: float = 0.5,
@@ -108,9 +108,10 @@ class FusionRecConfig(PretrainedConfig):
         self.numeric_feature_names = list(numeric_feature_names or [])
         self.numeric_feature_means = [float(v) for v in (numeric_feature_means or [0.0] * len(self.numeric_feature_names))]
         self.numeric_feature_stds = [float(v) for v in (numeric_feature_stds or [1.0] * len(self.numeric_feature_names))]
-        self.categorical_vocab_sizes = dict(categorical_vocab_sizes or {})
-        self.multi_valued_vocab_sizes = dict(multi_valued_vocab_sizes or {})
-        self.multi_valued_max_lengths = dict(multi_valued_max_lengths or {})
+        # Sorted: config.json is written with sorted keys, and the movie tower concatenates features in this order.
+        self.categorical_vocab_sizes = dict(sorted((categorical_vocab_sizes or {}).items()))
+        self.multi_valued_vocab_sizes = dict(sorted((multi_valued_vocab_sizes or {}).items()))
+        self.multi_valued_max_lengths = dict(sorted((multi_valued_max_lengths or {}).items()))
         self.hidden_size = hidden_size
         self.fusion_hidden_size = fusion_hidden_size
         self.use_id_embedding = use_id_embedding

@@ -600,8 +600,9 @@ class FusionModel(FusionPreTrainedModel):
         exclude_history: bool = True,
         candidate_mask: Tensor | None = None,
     ) -> FusionRecommendationOutput:
-        """Top-k movies per user by exact scoring against the whole catalog; seen movies (up to `as_of`) and movies
-        outside `candidate_mask` are never returned."""
+        """Top-k movies per user by exact scoring against the whole catalog. Movies in the given history (up to
+        `as_of`) and movies outside `candidate_mask` ((num_movies,) or (batch, num_movies)) are never returned; a
+        history trimmed to `max_history_length` should pass the older seen movies through `candidate_mask`."""
         users = self.calculate_user_feature(
             history_movie_indices=history_movie_indices,
             history_ratings=history_ratings,

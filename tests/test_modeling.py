@@ -286,6 +286,22 @@ def test_impossible_config_fails_at_construction(overrides, message):
         tiny_config(**overrides)
 
 
+def test_feature_order_survives_save_and_reload(tmp_path):
+    """config.json is written with sorted keys; a feature spec in another order must still reload exactly."""
+    config = tiny_config(
+        categorical_vocab_sizes={"original_language": 6, "adult": 4},
+        multi_valued_vocab_sizes={"keywords": 12, "genres": 9},
+        multi_valued_max_lengths={"keywords": 5, "genres": 4},
+    )
+    torch.manual_seed(0)
+    model = FusionModel(config).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    batch = history_batch(config, seed=7)
+    for name, value in outputs_of(model, batch).items():
+        assert torch.equal(value, outputs_of(reloaded, batch)[name]), name
+
+
 def test_config_from_feature_spec_in_one_call(tmp_path):
     spec = {
         "num_movies": 7,

@@ -1,0 +1,481 @@
+"""Recommendation quality of FusionModel against simple baselines on the real Kaggle sample (../shared/PROTOCOL.md).
+
+Protocol: full ranking over the whole catalog (cold_items: among the held-out movies), every movie of the user's
+history at that point excluded; Recall/NDCG@10/20, MRR@10/20, coverage@10/20 and the rating head's RMSE on test.
+Each learned model is trained on its split's training data only (`--split cold_items` keeps the cold movies out of
+training; the baselines likewise), its checkpoint chosen by validation NDCG@10 (OUTPUT_DIR/best), and scored on test.
+Seeds 0 and 1 by default; the table shows mean ± half the min-max range over seeds.
+
+Models:
+* most_popular: training interaction counts, history excluded. Ties (e.g. every cold movie has count 0) are broken
+  by a seeded random order, so on cold_items it is chance.
+* most_voted_tmdb: TMDB vote_count from the movie metadata (no interactions; movies without metadata last, random
+  among themselves). A non-learned, metadata-based popularity: it uses movie *content* (metadata), so target (b)
+  does not count it among the content-free models; it is printed beside them for reference.
+* ease: EASE (Steck 2019), closed form B = I - P diag(1/diag P), P = (X^T X + lambda I)^-1 over the binary
+  user x movie training matrix, computed exactly through the Woodbury identity (the sample has 671 users, so only
+  a 671 x 671 inverse is needed). lambda is chosen per split on validation NDCG@10 from `--ease-lambdas`.
+* fusion_ids: FusionModel, movie ids only (`--no-text --no-content-features`).
+* fusion_content: FusionModel, content + text only (`--no-id-embedding`).
+* fusion_full: FusionModel with ids, content features and all-MiniLM-L6-v2 text (frozen, cached).
+
+Targets (checked and printed PASS/FAIL):
+  (a) leave_one_out: fusion_full's mean test NDCG@10 >= 1.10 x every baseline's (most_popular, most_voted_tmdb,
+      ease, fusion_ids, fusion_content).
+  (b) cold_items: fusion_full's mean test NDCG@10 >= 2 x the best content-free model's (most_popular, ease,
+      fusion_ids).
+
+Run (from the repository root):
+
+    python bench/bench_quality.py                 # full run, ~45 min on 2 CPU cores
+    python bench/bench_quality.py --quick         # smoke run: few steps, one seed, minutes
+    python bench/bench_quality.py --steps 300 --seeds 0 1 2
+
+Writes bench/results/quality.json: a list of {"model", "split", "seed", "metrics", ...} records, one per
+model/split/seed (each also carries "machine", "hyperparameters" and, for trained models, "validation" and "train").
+The dataset is prepared into a temporary folder (never into the repository); the frozen-encoder text cache goes to
+`--text-cache-dir` (default: the library's shared cache, $FUSIONREC_CACHE/text or ~/.cache/fusionrec/text) and is
+built once and reused by every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+import fusionrec_data as fd  # noqa: E402
+from evaluate_fusionrec import compute_metrics, evaluate_split  # noqa: E402
+
+DEFAULT_DATA_DIR = "/work/shared/data/the-movies-dataset-sample"
+DEFAULT_OUTPUT = BENCH / "results" / "quality.json"
+TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+SPLITS = ("leave_one_out", "cold_items")
+K_VALUES = (10, 20)
+BASELINES = ("most_popular", "most_voted_tmdb", "ease")
+FUSION_VARIANTS = {
+    "fusion_ids": ["--no-text", "--no-content-features"],
+    "fusion_content": ["--no-id-embedding"],
+    "fusion_full": [],
+}
+MODELS = (*BASELINES, *FUSION_VARIANTS)
+CONTENT_FREE = ("most_popular", "ease", "fusion_ids")
+TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "coverage@10", "rmse")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Quality benchmark: FusionModel variants vs popularity and EASE on the real Kaggle sample.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="raw Kaggle sample (prepare_dataset.py --source tmdb)")
+    parser.add_argument("--dataset", type=Path, help="an already prepared dataset folder (skips preparation)")
+    parser.add_argument("--text-cache-dir", type=Path, default=None, help="text-cache root (default: library default)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep datasets/checkpoints here (default: temp, removed)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON records")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--steps", type=int, default=480, help="max optimizer steps per FusionModel run")
+    parser.add_argument("--eval-steps", type=int, default=40, help="validation every N steps (best checkpoint)")
+    parser.add_argument("--patience", type=int, default=4, help="early stop after N evaluations without improvement")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--max-history-length", type=int, default=50)
+    parser.add_argument("--text-max-length", type=int, default=64)
+    parser.add_argument("--num-negatives", type=int, default=128)
+    parser.add_argument(
+        "--ease-lambdas", type=float, nargs="+", default=[10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0],
+        help="EASE L2 grid, chosen per split on validation NDCG@10",
+    )
+    parser.add_argument(
+        "--reuse", type=Path, nargs="+", default=[],
+        help="earlier quality.json files: their records for the requested (model, split, seed) are kept, not re-run "
+        "(resume an interrupted run, or merge runs made in pieces)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 30 steps, seed 0 only")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.eval_steps, args.patience, args.seeds = 30, 15, 0, [args.seeds[0]]
+    return args
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# ----- data -----
+
+
+def prepare(args: argparse.Namespace, workdir: Path) -> Path:
+    if args.dataset:
+        return args.dataset
+    output = workdir / "dataset"
+    command = [sys.executable, str(ROOT / "prepare_dataset.py"), "--source", "tmdb", "--data-dir", args.data_dir,
+               "--output", str(output), "--quiet"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"prepare_dataset.py failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    return output
+
+
+def machine_info() -> dict:
+    cpu_model = ""
+    try:
+        cpu_model = next(
+            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import transformers
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model or platform.processor(),
+        "torch_num_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+# ----- baselines: score matrices over the catalog, ranked with history excluded and seeded tie-breaking -----
+
+
+def rank_scores(scores: np.ndarray, examples: fd.EvaluationExamples, part: slice, tiebreak: np.ndarray, k: int):
+    """Top-k movie indices per row of `scores` (rows = examples[part]); history and non-candidates excluded (-1 pads);
+    equal scores are ordered by the seeded permutation `tiebreak`."""
+    scores = scores.astype(np.float64, copy=True)
+    for row, history in enumerate(examples.histories[part]):
+        scores[row, history.movies] = -np.inf
+    if examples.candidate_mask is not None:
+        scores[:, ~examples.candidate_mask] = -np.inf
+    permuted = scores[:, tiebreak]
+    order = np.argsort(-permuted, axis=1, kind="stable")[:, :k]
+    top = tiebreak[order]
+    return np.where(np.take_along_axis(permuted, order, axis=1) == -np.inf, -1, top)
+
+
+def rank_baseline(score_fn, examples: fd.EvaluationExamples, *, seed: int, num_movies: int, batch: int = 512):
+    tiebreak = np.random.default_rng(seed).permutation(num_movies)
+    ranked = [
+        rank_scores(score_fn(examples.histories[start : start + batch]), examples, slice(start, start + batch),
+                    tiebreak, max(K_VALUES))
+        for start in range(0, len(examples), batch)
+    ]
+    ranked = np.concatenate(ranked) if ranked else np.zeros((0, max(K_VALUES)), np.int64)
+    metrics = compute_metrics(ranked, np.zeros(len(examples), np.float32), examples, num_movies=num_movies,
+                              k_values=K_VALUES)
+    metrics.pop("rmse", None)  # no rating head
+    return metrics
+
+
+class Ease:
+    """EASE with B = I - P diag(1/diag P), P = (X^T X + lambda I)^-1. With U users, Woodbury gives
+    X^T X + lambda I)^-1 = (I - X^T M X) / lambda, M = (lambda I_U + X X^T)^-1, so for a history row h and a movie j
+    outside it: score_j = -(hP)_j / P_jj = (h X^T M X)_j / (1 - (X^T M X)_jj)."""
+
+    def __init__(self, train: list[fd.UserSequence], num_movies: int) -> None:
+        rows = np.concatenate([np.full(len(s.movies), i) for i, s in enumerate(train)])
+        columns = np.concatenate([s.movies for s in train])
+        self.x = np.zeros((len(train), num_movies), np.float64)
+        self.x[rows, columns] = 1.0
+        self.gram_users = self.x @ self.x.T
+        self.num_movies = num_movies
+
+    def fit(self, lam: float) -> Ease:
+        m = np.linalg.inv(lam * np.eye(len(self.x)) + self.gram_users)
+        self.mx = m @ self.x
+        self.denominator = 1.0 - (self.mx * self.x).sum(axis=0)
+        return self
+
+    def scores(self, histories: list[fd.UserSequence]) -> np.ndarray:
+        h = np.zeros((len(histories), self.num_movies), np.float64)
+        for row, history in enumerate(histories):
+            h[row, history.movies] = 1.0
+        return (h @ self.x.T) @ self.mx / self.denominator
+
+
+def baseline_records(name: str, split: str, seeds: list[int], rows, catalog, spec, args, machine) -> list[dict]:
+    cold = catalog.cold_item.numpy()
+    num_movies = len(catalog)
+    train = [s for s in (fd.train_sequence(row, split, cold) for row in rows) if len(s.movies)]
+    validation = fd.evaluation_examples(rows, split, "validation", cold)
+    test = fd.evaluation_examples(rows, split, "test", cold)
+    hyper: dict = {}
+    started = time.perf_counter()
+    if name == "most_popular":
+        counts = fd.movie_frequency(train, num_movies).astype(np.float64)
+
+        def score_fn(histories):
+            return np.broadcast_to(counts, (len(histories), num_movies))
+    elif name == "most_voted_tmdb":
+        names = spec["numeric_features"]["names"]
+        votes = catalog.numeric[:, names.index("log_vote_count")].numpy().astype(np.float64)
+        votes = np.where(np.isfinite(votes), votes, -1e9)  # no metadata: last (random among themselves)
+        hyper["feature"] = "log_vote_count (TMDB metadata)"
+
+        def score_fn(histories):
+            return np.broadcast_to(votes, (len(histories), num_movies))
+    elif name == "ease":
+        ease = Ease(train, num_movies)
+        grid = {}
+        for lam in args.ease_lambdas:
+            grid[lam] = rank_baseline(ease.fit(lam).scores, validation, seed=seeds[0], num_movies=num_movies)["ndcg@10"]
+        best = max(grid, key=grid.get)
+        ease.fit(best)
+        hyper.update(lambda_=best, validation_ndcg10_by_lambda={str(k): round(v, 5) for k, v in grid.items()})
+        say(f"  ease {split}: validation ndcg@10 by lambda {hyper['validation_ndcg10_by_lambda']} -> lambda {best:g}")
+        score_fn = ease.scores
+    else:
+        raise ValueError(name)
+    records = []
+    for seed in seeds:
+        valid_metrics = rank_baseline(score_fn, validation, seed=seed, num_movies=num_movies)
+        metrics = rank_baseline(score_fn, test, seed=seed, num_movies=num_movies)
+        metrics["num_examples"] = len(test)
+        records.append({
+            "model": name, "split": split, "seed": seed, "metrics": metrics, "validation": valid_metrics,
+            "hyperparameters": hyper, "seconds": round(time.perf_counter() - started, 2), "machine": machine,
+        })
+    return records
+
+
+# ----- FusionModel -----
+
+
+def fusion_argv(variant: str, split: str, seed: int, dataset: Path, output: Path, args) -> list[str]:
+    return [
+        "--dataset", str(dataset), "--output-dir", str(output), "--split", split, "--seed", str(seed),
+        "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
+        "--learning-rate", str(args.learning_rate), "--hidden-size", str(args.hidden_size),
+        "--max-history-length", str(args.max_history_length), "--text-encoder", TEXT_ENCODER,
+        "--text-max-length", str(args.text_max_length), "--num-negatives", str(args.num_negatives),
+        "--eval-steps", str(args.eval_steps), "--patience", str(args.patience),
+        "--text-cache-dir", str(args.text_cache_dir), "--report-to", "none", "--no-progress",
+        *FUSION_VARIANTS[variant],
+    ]
+
+
+def fusion_record(variant: str, split: str, seed: int, dataset: Path, workdir: Path, rows, catalog, args, machine):
+    import train_accelerate
+    from fusionrec_cli import load_model
+
+    output = workdir / "runs" / f"{variant}-{split}-seed{seed}"
+    argv = fusion_argv(variant, split, seed, dataset, output, args)
+    started = time.perf_counter()
+    summary = train_accelerate.train(train_accelerate.parse_args(argv))
+    train_seconds = time.perf_counter() - started
+    model = load_model(output / "best")
+    cold = catalog.cold_item.numpy()
+    test = fd.evaluation_examples(rows, split, "test", cold)
+    with torch.no_grad():
+        metrics = evaluate_split(model, catalog, test, k_values=K_VALUES)
+    metrics["num_examples"] = len(test)
+    best_valid = next((h for h in summary["history"] if h.get("step") == summary["best_step"] and "ndcg@10" in h), {})
+    curve = [(h["step"], round(h["ndcg@10"], 4)) for h in summary["history"] if "ndcg@10" in h]
+    say(f"  {variant} {split} seed {seed}: validation ndcg@10 curve {curve}; best step {summary['best_step']}; "
+        f"test ndcg@10 {metrics['ndcg@10']:.4f} ({train_seconds:.0f}s)")
+    shutil.rmtree(output / "final", ignore_errors=True)
+    return {
+        "model": variant, "split": split, "seed": seed, "metrics": metrics,
+        "validation": {k: v for k, v in best_valid.items() if k != "step"},
+        "train": {
+            "steps": summary["global_step"], "best_step": summary["best_step"],
+            "stopped_early": summary["stopped_early"], "seconds": round(train_seconds, 1),
+            "validation_ndcg10_curve": curve,
+        },
+        "hyperparameters": {"train_accelerate_argv": argv[6:]},
+        "machine": machine,
+    }
+
+
+# ----- report -----
+
+
+def aggregate(records: list[dict]) -> dict:
+    """(model, split) -> metric -> (mean, half range, values)."""
+    table: dict = {}
+    for record in records:
+        table.setdefault((record["model"], record["split"]), []).append(record["metrics"])
+    out = {}
+    for key, metrics_list in table.items():
+        out[key] = {}
+        for name in metrics_list[0]:
+            values = [m[name] for m in metrics_list if isinstance(m.get(name), float)]
+            if values:
+                out[key][name] = (statistics.fmean(values), (max(values) - min(values)) / 2, values)
+    return out
+
+
+def format_table(summary: dict, splits: list[str]) -> str:
+    header = f"{'model':<16} {'split':<14} " + " ".join(f"{m:>17}" for m in TABLE_METRICS)
+    lines = [header, "-" * len(header)]
+    for split in splits:
+        for model in MODELS:
+            cells = summary.get((model, split))
+            if cells is None:
+                continue
+            row = []
+            for metric in TABLE_METRICS:
+                if metric in cells:
+                    mean, half, _ = cells[metric]
+                    row.append(f"{mean:>8.4f} ± {half:<6.4f}")
+                else:
+                    row.append(f"{'-':>17}")
+            lines.append(f"{model:<16} {split:<14} " + " ".join(row))
+    return "\n".join(lines)
+
+
+def check_targets(summary: dict) -> list[str]:
+    lines = []
+
+    def ndcg(model: str, split: str) -> float | None:
+        cell = summary.get((model, split), {}).get("ndcg@10")
+        return None if cell is None else cell[0]
+
+    full = ndcg("fusion_full", "leave_one_out")
+    others = {m: ndcg(m, "leave_one_out") for m in MODELS if m != "fusion_full"}
+    others = {m: v for m, v in others.items() if v is not None}
+    if full is None or not others:
+        lines.append("(a) leave_one_out: not run")
+    else:
+        best = max(others, key=others.get)
+        ratio = full / others[best] if others[best] > 0 else float("inf")
+        verdict = "PASS" if ratio >= 1.10 else "FAIL"
+        lines.append(f"(a) leave_one_out NDCG@10: fusion_full {full:.4f} vs best other {best} {others[best]:.4f} "
+                     f"-> x{ratio:.2f} (need >= 1.10): {verdict}")
+    full = ndcg("fusion_full", "cold_items")
+    free = {m: ndcg(m, "cold_items") for m in CONTENT_FREE}
+    free = {m: v for m, v in free.items() if v is not None}
+    if full is None or not free:
+        lines.append("(b) cold_items: not run")
+    else:
+        best = max(free, key=free.get)
+        ratio = full / free[best] if free[best] > 0 else float("inf")
+        verdict = "PASS" if ratio >= 2.0 else "FAIL"
+        lines.append(f"(b) cold_items NDCG@10: fusion_full {full:.4f} vs best content-free {best} {free[best]:.4f} "
+                     f"-> x{ratio:.2f} (need >= 2): {verdict}")
+        for reference in ("most_voted_tmdb", "fusion_content"):
+            value = ndcg(reference, "cold_items")
+            if value is not None:
+                lines.append(f"    for reference (uses content, not part of (b)): {reference} {value:.4f} "
+                             f"-> fusion_full x{full / value if value > 0 else float('inf'):.2f}")
+    return lines
+
+
+def write_records(records: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(records, indent=1, default=str) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.text_cache_dir is None:
+        args.text_cache_dir = fd.default_cache_root()
+    own_workdir = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="bench_quality-")) if own_workdir else args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["HF_DATASETS_CACHE"] = str(workdir / "hf-datasets-cache")  # private Arrow cache, removed with workdir
+    import datasets
+
+    datasets.config.HF_DATASETS_CACHE = Path(os.environ["HF_DATASETS_CACHE"])
+    datasets.utils.logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = machine_info()
+    wanted = {(m, s, seed) for m in args.models for s in args.splits for seed in args.seeds}
+    reused = {}
+    for path in args.reuse:
+        for record in json.loads(Path(path).read_text(encoding="utf-8")):
+            key = (record["model"], record["split"], record["seed"])
+            if key in wanted:
+                reused[key] = {**record, "reused_from": str(path)}
+    if reused:
+        say(f"reusing {len(reused)} records from {', '.join(map(str, args.reuse))}")
+    records: list[dict] = []
+    try:
+        dataset = prepare(args, workdir)
+        say(f"dataset: {dataset} ({time.perf_counter() - started:.0f}s)")
+        spec = fd.load_feature_spec(dataset)
+        movies, sequences = fd.load_tables(dataset)
+        rows = fd.read_sequences(sequences)
+        catalog = fd.MovieCatalog.from_table(movies, spec)
+        text_runs = [(m, s, seed) for (m, s, seed) in wanted if m in FUSION_VARIANTS and m != "fusion_ids"]
+        if any(key not in reused for key in text_runs):
+            states, lengths = fd.build_text_cache(
+                catalog.texts, cache_root=args.text_cache_dir, encoder_name=TEXT_ENCODER, revision=None,
+                max_length=args.text_max_length, show_progress=False,
+            )
+            catalog.attach_text_cache(states, lengths)
+            say(f"text cache ready: {tuple(states.shape)} ({time.perf_counter() - started:.0f}s)")
+        for split in args.splits:
+            for name in (m for m in args.models if m in BASELINES):
+                if all((name, split, seed) in reused for seed in args.seeds):
+                    records += [reused[(name, split, seed)] for seed in args.seeds]
+                    continue
+                records += baseline_records(name, split, args.seeds, rows, catalog, spec, args, machine)
+                say(f"  {name} {split}: test ndcg@10 {[round(r['metrics']['ndcg@10'], 4) for r in records[-len(args.seeds):]]}")
+            write_records(records, args.output)
+        for split in args.splits:
+            for variant in (m for m in args.models if m in FUSION_VARIANTS):
+                for seed in args.seeds:
+                    if (variant, split, seed) in reused:
+                        records.append(reused[(variant, split, seed)])
+                        continue
+                    records.append(fusion_record(variant, split, seed, dataset, workdir, rows, catalog, args, machine))
+                    write_records(records, args.output)
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    total = time.perf_counter() - started
+    for record in records:
+        record.setdefault("total_benchmark_seconds", round(total, 1))
+    write_records(records, args.output)
+    summary = aggregate(records)
+    say("")
+    say(f"test metrics, mean ± half min-max range over seeds {args.seeds} (full ranking, history excluded; "
+        f"cold_items ranks among the {int(catalog.cold_item.sum())} cold movies)")
+    say(format_table(summary, args.splits))
+    say("(rating reference: predicting the split's mean training rating gives test RMSE "
+        + ", ".join(f"{split} {rmse_constant(rows, split, catalog):.4f}" for split in args.splits) + ")")
+    say("")
+    for line in check_targets(summary):
+        say(line)
+    say(f"total {total / 60:.1f} min; wrote {args.output}")
+    return records
+
+
+def rmse_constant(rows, split: str, catalog) -> float:
+    """RMSE on test of a constant prediction: the mean rating of the split's training data."""
+    cold = catalog.cold_item.numpy()
+    value = float(np.concatenate([fd.train_sequence(row, split, cold).ratings for row in rows]).mean())
+    test = fd.evaluation_examples(rows, split, "test", cold)
+    return float(np.sqrt(np.mean((test.target_ratings - value) ** 2)))
+
+
+if __name__ == "__main__":
+    main()

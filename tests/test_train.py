@@ -1,0 +1,284 @@
+"""train_accelerate.py: a tiny run learns and reloads, exact resume, 2-process CPU run, Hub upload path, bad input.
+
+Everything is offline and tiny: a small synthetic dataset (prepare_dataset.py), 32-wide models, a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import save_tiny_t5
+
+import train_accelerate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+TINY = [
+    "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--max-history-length", "20",
+    "--batch-size", "8", "--num-negatives", "32", "--report-to", "none", "--no-progress",
+]
+
+
+def offline_env() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def prepare(output: Path, *, movies: int = 120, users: int = 60) -> Path:
+    subprocess.run(
+        [PYTHON, str(REPO_ROOT / "prepare_dataset.py"), "--source", "synthetic", "--output", str(output), "--quiet",
+         "--synthetic-users", str(users), "--synthetic-movies", str(movies), "--synthetic-ratings-per-user", "25"],
+        check=True, env=offline_env(), capture_output=True,
+    )
+    return output
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return prepare(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+def reset_accelerate_state() -> None:
+    """Each in-process run builds its own Accelerator; accelerate keeps process-wide singletons between them."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()
+
+
+def run(argv: list[str], **kwargs) -> int:
+    reset_accelerate_state()
+    return train_accelerate.main([str(a) for a in argv], **kwargs)
+
+
+def summary(output: Path) -> dict:
+    return json.loads((output / "train_summary.json").read_text())
+
+
+def test_tiny_run_lowers_loss_and_final_reloads_with_auto_model(dataset, tmp_path):
+    from transformers import AutoModel
+
+    encoder = save_tiny_t5(tmp_path / "t5")
+    output = tmp_path / "run"
+    assert run(["--dataset", dataset, "--output-dir", output, "--max-steps", 24, "--logging-steps", 4,
+                "--eval-steps", 12, "--text-encoder", encoder, "--text-max-length", 16,
+                "--text-cache-dir", tmp_path / "cache", "--learning-rate", "3e-3", *TINY]) == 0
+    state = json.loads((output / "train_summary.json").read_text())
+    assert state["global_step"] == 24 and state["finished"]
+    losses = [entry["train/loss"] for entry in state["history"] if "train/loss" in entry]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.2, losses
+    assert list((tmp_path / "cache").rglob("states.safetensors")), "the text cache was not used"
+
+    final = output / "final"
+    names = {path.name for path in final.iterdir()}
+    assert {"model.safetensors", "config.json", "modeling_fusionrec.py", "configuration_fusionrec.py", "README.md"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pkl", ".pt", ".pth"))], names
+    card = (final / "README.md").read_text()
+    assert str(dataset) in card and "ndcg@10" in card and "learning_rate" in card
+    model = AutoModel.from_pretrained(final, trust_remote_code=True)
+    weights = load_file(final / "model.safetensors")
+    loaded = model.state_dict()
+    assert weights and all(torch.equal(loaded[name], tensor) for name, tensor in weights.items())
+    assert model.config.use_text and model.config.text_encoder_name_or_path == str(encoder)
+    # The reloaded model reproduces the run's own final validation metrics (same vectors, same rankings).
+    import fusionrec_data as fd
+    from evaluate_fusionrec import evaluate_split
+
+    catalog, _ = fd.load_catalog(dataset, model.config, cache_root=tmp_path / "cache", show_progress=False)
+    rows = fd.read_sequences(fd.load_tables(dataset)[1])
+    examples = fd.evaluation_examples(rows, "leave_one_out", "validation", catalog.cold_item.numpy())
+    metrics = evaluate_split(model, catalog, examples)
+    for name in ("ndcg@10", "recall@20", "rmse"):
+        assert metrics[name] == pytest.approx(state["last_validation"][name], abs=1e-6), name
+    assert (output / "best" / "model.safetensors").is_file() and state["best_step"] in (12, 24)
+
+
+def test_resume_mid_epoch_is_bitwise_identical_to_an_uninterrupted_run(dataset, tmp_path):
+    # 16-window batches: a few batches per epoch, so step 4 is mid-epoch and step 8 is in a later epoch; dropout is
+    # on (default 0.1) so the restored RNG state matters too.
+    common = ["--dataset", dataset, "--max-steps", 8, "--eval-steps", 0, "--logging-steps", 4, *TINY, "--batch-size", 16]
+    assert run([*common, "--output-dir", tmp_path / "straight"]) == 0
+    interrupted = tmp_path / "interrupted"
+    assert run([*common, "--output-dir", interrupted, "--stop-at-step", 4]) == 0
+    assert not (interrupted / "final").exists()
+    steps_per_epoch = summary(interrupted)["steps_per_epoch"]
+    assert 4 % steps_per_epoch and steps_per_epoch < 8, "the stop must fall mid-epoch and resume cross an epoch"
+    assert [p.name for p in (interrupted / "checkpoints").iterdir()] == ["step_4"]
+    assert run([*common, "--output-dir", interrupted, "--resume-from-checkpoint", "latest"]) == 0
+    assert summary(interrupted)["global_step"] == 8
+    straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    resumed = load_file(interrupted / "final" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    different = [name for name in straight if not torch.equal(straight[name], resumed[name])]
+    assert not different, different
+
+
+def test_two_process_cpu_run_matches_one_process_with_the_same_global_batch(dataset, tmp_path):
+    """2 processes x 8 windows vs 1 process x 16 windows, same seed and data order (the sampler's permutation is
+    per epoch, batches 2k and 2k+1 go to the two processes). Not bitwise: each process draws its own uniform
+    negatives and computes log_q from its own half-batch, DDP averages two per-process mean losses (rows weighted
+    by their process's target count) and the float sums run in another order. Tolerance: validation NDCG@10 and
+    Recall@10 within 0.08 absolute (60 validation users: one user's hit moves Recall@10 by 0.017, so this allows
+    ~4 users' hits to differ), and both runs must have lowered their training loss."""
+    common = [str(a) for a in ["--dataset", dataset, "--max-steps", 24, "--eval-steps", 0, "--logging-steps", 6,
+                               "--seed", 1, *TINY, "--learning-rate", "3e-3"]]
+    one = tmp_path / "one"
+    assert run([*common, "--output-dir", one, "--batch-size", 16]) == 0
+    two = tmp_path / "two"
+    result = subprocess.run(
+        [ACCELERATE, "launch", "--config_file", str(REPO_ROOT / "configs" / "accelerate_cpu_2proc.yaml"),
+         str(REPO_ROOT / "train_accelerate.py"), *common, "--output-dir", str(two), "--batch-size", "8"],
+        env=offline_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training on 2 process(es)" in result.stdout
+    a, b = summary(one), summary(two)
+    assert b["num_processes"] == 2 and b["global_step"] == 24
+    for metric in ("ndcg@10", "recall@10"):
+        assert abs(a["last_validation"][metric] - b["last_validation"][metric]) <= 0.08, (metric, a, b)
+    for run_summary in (a, b):
+        losses = [entry["train/loss"] for entry in run_summary["history"] if "train/loss" in entry]
+        assert losses[-1] < losses[0], losses
+    assert (two / "final" / "model.safetensors").is_file()
+
+
+# ----- Hub upload against a local stand-in -----
+
+
+from huggingface_hub import CommitInfo, HfApi  # noqa: E402
+
+
+class LocalHub(HfApi):
+    """HfApi with only the network edge replaced: create_repo and create_commit (plus the README YAML check, which
+    is a POST to the Hub). upload_folder's file collection and its run_as_future thread run for real."""
+
+    def __init__(self, *, fail_first: int = 0) -> None:
+        super().__init__(token="hf_local")  # default endpoint; nothing below ever reaches it
+        self.fail_first = fail_first
+        self.attempts = 0
+        self.repos: list[str] = []
+        self.commits: list[dict] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.repos.append(repo_id)
+        return repo_id
+
+    def _validate_yaml(self, content, **kwargs):
+        assert content.startswith("---\n")
+
+    def create_commit(self, repo_id, operations, *, commit_message, **kwargs):
+        self.attempts += 1
+        if self.attempts <= self.fail_first:
+            raise ConnectionError(f"hub unreachable (attempt {self.attempts})")
+        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        self.commits.append({"repo_id": repo_id, "message": commit_message, "files": files})
+        oid = f"{len(self.commits):040d}"
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message=commit_message,
+                          commit_description="", oid=oid)
+
+
+@pytest.fixture
+def classic_upload(monkeypatch):
+    """With hf_xet installed, upload_folder streams through xet endpoints instead of create_commit; force the
+    single-commit path so the stand-in's create_commit is the edge."""
+    from huggingface_hub import hf_api
+
+    monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)
+
+
+HUB_ARGS = ["--max-steps", 6, "--eval-steps", 3, "--logging-steps", 3, "--push-to-hub", "--hub-model-id", "me/fusionrec-test",
+            "--hub-retry-backoff", "0.01", *TINY]
+
+
+def test_hub_upload_retries_failures_and_commits_the_saved_folders(dataset, tmp_path, capsys, classic_upload):
+    api = LocalHub(fail_first=2)
+    output = tmp_path / "run"
+    assert run(["--dataset", dataset, "--output-dir", output, "--hub-retries", 4, *HUB_ARGS], hub_api=api) == 0
+    report = capsys.readouterr().out
+    assert "failed (attempt 1/4: hub unreachable (attempt 1)); retrying" in report
+    assert "failed (attempt 2/4" in report and "FAILED" not in report
+    assert api.repos and set(api.repos) == {"me/fusionrec-test"}
+    final_commit = next(c for c in api.commits if c["message"].startswith("final"))
+    assert final_commit["files"]["final/model.safetensors"] == (output / "final" / "model.safetensors").read_bytes()
+    assert {"final/config.json", "final/README.md", "final/modeling_fusionrec.py"} <= set(final_commit["files"])
+    best_step = summary(output)["best_step"]
+    best_commit = next(c for c in api.commits if c["message"].startswith(f"best: step {best_step},"))
+    assert best_commit["files"]["model.safetensors"] == (output / "best" / "model.safetensors").read_bytes()
+    assert summary(output)["hub_ok"] is True
+    assert not (output / ".hub-staging").exists()
+
+
+def test_hub_upload_that_keeps_failing_is_reported_and_leaves_the_local_copy(dataset, tmp_path, capsys, classic_upload):
+    api = LocalHub(fail_first=10**6)
+    output = tmp_path / "run"
+    assert run(["--dataset", dataset, "--output-dir", output, "--hub-retries", 2, *HUB_ARGS], hub_api=api) == 1
+    captured = capsys.readouterr()
+    assert "upload of final FAILED after 2 attempts" in captured.out
+    assert "Hub upload failed for" in captured.err
+    assert not api.commits
+    AutoModel = __import__("transformers").AutoModel
+    model = AutoModel.from_pretrained(output / "final", trust_remote_code=True)
+    weights = load_file(output / "final" / "model.safetensors")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+
+
+# ----- bad input: one line, exit code 2 -----
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_dataset_without_feature_spec_is_one_line(tmp_path, capsys):
+    assert run(["--dataset", tmp_path, "--output-dir", tmp_path / "out", "--no-text"]) == 2
+    assert "feature_spec.json: not found" in one_line_error(capsys)
+
+
+def test_checkpoint_from_another_feature_spec_is_one_line(dataset, tmp_path, capsys):
+    other = prepare(tmp_path / "other", movies=90)
+    assert run(["--dataset", other, "--output-dir", tmp_path / "small", "--max-steps", 1, "--eval-steps", 0, *TINY]) == 0
+    capsys.readouterr()
+    assert run(["--dataset", dataset, "--output-dir", tmp_path / "out", "--init-from", tmp_path / "small" / "final",
+                "--no-text"]) == 2
+    assert "feature spec differs" in one_line_error(capsys)
+    assert run(["--dataset", dataset, "--output-dir", tmp_path / "small", "--resume-from-checkpoint", "latest"]) == 2
+    assert "no step_N checkpoint" in one_line_error(capsys)
+
+
+def test_unknown_option_is_one_line_exit_2_from_the_command_line(tmp_path):
+    result = subprocess.run(
+        [PYTHON, str(REPO_ROOT / "train_accelerate.py"), "--dataset", str(tmp_path), "--output-dir", str(tmp_path),
+         "--learning-rat", "1"],
+        env=offline_env(), capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["train_accelerate.py: error: unrecognized arguments: --learning-rat 1"], result.stderr
+
+
+def test_help_documents_every_option():
+    parser = train_accelerate.build_parser()
+    for action in parser._actions:
+        assert action.help, action.option_strings
+    text = parser.format_help()
+    for option in ("--dataset", "--output-dir", "--max-steps", "--seed", "--text-encoder", "--resume-from-checkpoint",
+                   "--push-to-hub", "--hub-model-id", "--mixed-precision", "--gradient-accumulation-steps"):
+        assert option in text
