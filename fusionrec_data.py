@@ -209,6 +209,8 @@ def build_text_cache(
         atomic_save_safetensors(stored, states_path)
         atomic_write_text(index_path, json.dumps(known, sort_keys=True))
     rows = torch.tensor([known[h] for h in hashes], dtype=torch.long)
+    if torch.equal(rows, torch.arange(len(stored["lengths"]))):
+        return stored["states"], stored["lengths"]  # the usual case (one catalog per cache): no second copy
     return stored["states"][rows], stored["lengths"][rows]
 
 

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="frozen text encoder, Hub name or local path (its hidden size is read from its config)",
     )
     model.add_argument("--text-encoder-revision", default=None, help="text encoder revision (part of the cache key)")
-    model.add_argument("--text-max-length", type=int, default=64, help="tokens kept per movie text")
+    model.add_argument("--text-max-length", type=int, default=48, help="tokens kept per movie text")
     model.add_argument("--no-text", action="store_true", help="ablation: no text features (no encoder, no cache)")
     model.add_argument("--no-id-embedding", action="store_true", help="ablation: no movie id embedding")
     model.add_argument("--no-content-features", action="store_true", help="ablation: no numeric/categorical/bag features")
@@ -102,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=float, default=None, help="dropout in both towers (config: 0.1)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--max-steps", type=int, default=120, help="optimizer steps to train (after accumulation)")
+    optim.add_argument("--max-steps", type=int, default=300, help="optimizer steps to train (after accumulation)")
     optim.add_argument("--batch-size", type=int, default=32, help="training windows per process per forward pass")
     optim.add_argument("--gradient-accumulation-steps", type=int, default=1, help="forward passes per optimizer step")
-    optim.add_argument("--learning-rate", type=float, default=2e-3, help="peak AdamW learning rate")
+    optim.add_argument("--learning-rate", type=float, default=3e-3, help="peak AdamW learning rate")
     optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms)")
     optim.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: 5%% of --max-steps)")
     optim.add_argument("--lr-scheduler", choices=SCHEDULERS, default="cosine", help="decay after warmup")
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is available")
 
     loop = parser.add_argument_group("evaluation, checkpoints, logging")
-    loop.add_argument("--eval-steps", type=int, default=20, help="evaluate on validation every N steps (0: only at the end)")
+    loop.add_argument("--eval-steps", type=int, default=50, help="evaluate on validation every N steps (0: only at the end)")
     loop.add_argument("--patience", type=int, default=0, help="stop after N evaluations without a better NDCG@10 (0: off)")
     loop.add_argument("--checkpointing-steps", type=int, default=0, help="accelerator.save_state every N steps (0: off)")
     loop.add_argument("--checkpoints-total-limit", type=int, default=2, help="keep the last N step_* checkpoints")
