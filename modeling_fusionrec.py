@@ -174,7 +174,7 @@ class PerceiverResampler(nn.Module):
     ) -> None:
         super().__init__()
         self.project_in = nn.Linear(input_dim, dim)
-        self.latents = nn.Parameter(torch.empty(num_latents, dim))
+        self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
         self.layers = nn.ModuleList(
             nn.ModuleList([PerceiverAttention(dim=dim, head_dim=head_dim, num_heads=num_heads), feed_forward(dim)])
             for _ in range(depth)
@@ -298,10 +298,9 @@ class UserTower(nn.Module):
         super().__init__()
         self.config = config
         dim = config.hidden_size
-        self.movie_projection = nn.Linear(dim, dim)
         self.rating_embedding = nn.Embedding(config.num_rating_buckets, dim)
         self.step_time_projection = nn.Linear(3, dim)
-        self.start_token = nn.Parameter(torch.empty(dim))
+        self.start_token = nn.Parameter(torch.randn(dim) * 0.02)
         self.position_embedding = nn.Embedding(config.max_history_length + 1, dim)
         self.blocks = nn.ModuleList(
             CausalSelfAttentionBlock(dim=dim, num_heads=config.user_num_heads, dropout=config.dropout)
@@ -326,7 +325,7 @@ class UserTower(nn.Module):
         previous = F.pad(timestamps, (1, 0))[:, :-1]
         has_previous = F.pad(mask, (1, 0))[:, :-1] & mask
         steps = (
-            self.movie_projection(movie_vectors * math.sqrt(self.config.hidden_size))
+            movie_vectors * math.sqrt(self.config.hidden_size)  # unit scale per dimension, like the embeddings
             + self.rating_embedding(buckets * mask)
             + self.step_time_projection(self.time_features(timestamps, previous, has_previous))
         )

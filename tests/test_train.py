@@ -144,7 +144,7 @@ def test_two_process_cpu_run_matches_one_process_with_the_same_global_batch(data
     result = subprocess.run(
         [ACCELERATE, "launch", "--config_file", str(REPO_ROOT / "configs" / "accelerate_cpu_2proc.yaml"),
          str(REPO_ROOT / "train_accelerate.py"), *common, "--output-dir", str(two), "--batch-size", "8"],
-        env=offline_env(), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        env=offline_env(), capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training on 2 process(es)" in result.stdout
