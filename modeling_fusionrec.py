@@ -208,6 +208,10 @@ class CausalSelfAttentionBlock(nn.Module):
         return x + self.ff(x)
 
 
+class MovieIdEmbedding(nn.Embedding):
+    """The movie-id table; its own class so that it is initialised near zero, unlike the feature lookups."""
+
+
 class MovieTower(nn.Module):
     """Content (+ id) features of a movie -> one vector, through a fusion MLP with a residual path."""
 
@@ -217,7 +221,7 @@ class MovieTower(nn.Module):
         dim = config.hidden_size
         num_parts = 0
         if config.use_id_embedding:
-            self.id_embedding = nn.Embedding(config.num_movies, dim)
+            self.id_embedding = MovieIdEmbedding(config.num_movies, dim)
             num_parts += 1
         if config.use_content_features:
             num_numeric = len(config.numeric_feature_names)
@@ -371,8 +375,12 @@ class FusionPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, nn.Embedding):
-            # Unit-scale lookups: movies must differ from the start, or the shared biases win and vectors collapse.
+        if isinstance(module, MovieIdEmbedding):
+            # A movie never trained on (a cold one) keeps a near-zero id: the input that movie-id dropout taught
+            # the tower to read from content alone.
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Embedding):
+            # Unit-scale feature lookups: movies must differ from the start, or shared biases win and vectors collapse.
             init.normal_(module.weight, mean=0.0, std=self.config.hidden_size**-0.5 * 4)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
                 init.zeros_(module.weight[module.padding_idx])

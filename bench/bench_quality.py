@@ -376,7 +376,7 @@ def aggregate(records: list[dict]) -> dict:
 
 
 def format_table(summary: dict, splits: list[str]) -> str:
-    header = f"{'model':<16} {'split':<14} " + " ".join(f"{m:>17}" for m in TABLE_METRICS)
+    header = f"{'model':<27} {'split':<14} " + " ".join(f"{m:>17}" for m in TABLE_METRICS)
     lines = [header, "-" * len(header)]
     for split in splits:
         for model in MODELS:
@@ -390,7 +390,7 @@ def format_table(summary: dict, splits: list[str]) -> str:
                     row.append(f"{mean:>8.4f} ± {half:<6.4f}")
                 else:
                     row.append(f"{'-':>17}")
-            lines.append(f"{model:<16} {split:<14} " + " ".join(row))
+            lines.append(f"{model:<27} {split:<14} " + " ".join(row))
     return "\n".join(lines)
 
 
