@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=float, default=None, help="dropout in both towers (config: 0.1)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--max-steps", type=int, default=150, help="optimizer steps to train (after accumulation)")
+    optim.add_argument("--max-steps", type=int, default=300, help="optimizer steps to train (after accumulation)")
     optim.add_argument("--batch-size", type=int, default=32, help="training windows per process per forward pass")
     optim.add_argument("--gradient-accumulation-steps", type=int, default=1, help="forward passes per optimizer step")
     optim.add_argument("--learning-rate", type=float, default=3e-3, help="peak AdamW learning rate")

@@ -130,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 30 steps, seed 0 only")
     parser.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)  # --jobs children
+    parser.add_argument(
+        "--no-snapshot", action="store_true",
+        help="run the checkout's code directly (default: a frozen copy of it, so edits during the run cannot mix in)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.eval_steps, args.patience, args.seeds = 30, 15, 0, [args.seeds[0]]
@@ -174,7 +178,45 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+        "code": json.loads(os.environ.get(SNAPSHOT_ENV, "null") or "null"),
     }
+
+
+SNAPSHOT_ENV = "FUSIONREC_BENCH_SNAPSHOT"
+
+
+def code_version() -> dict:
+    """The repository's commit and whether its tracked files differ from it (read-only git), plus a digest of the
+    model file, so a record says which code produced it."""
+    import hashlib
+
+    def git(*command: str) -> str:
+        done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty_files": [line.split(maxsplit=1)[-1] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()],
+        "modeling_fusionrec_sha256": hashlib.sha256((ROOT / "modeling_fusionrec.py").read_bytes()).hexdigest()[:16],
+    }
+
+
+def run_from_snapshot(argv: list[str], output: Path) -> int:
+    """Copy the code (top-level modules, metrics/, this script) to a temp folder and run the benchmark from there:
+    a run takes tens of minutes, and a module edited meanwhile in the checkout would otherwise mix code versions
+    between runs, or between a checkpoint's training and the remote code saved with it and used to evaluate it."""
+    snapshot = Path(tempfile.mkdtemp(prefix="bench_quality-src-"))
+    try:
+        for path in ROOT.glob("*.py"):
+            shutil.copy2(path, snapshot / path.name)
+        shutil.copytree(ROOT / "metrics", snapshot / "metrics", ignore=shutil.ignore_patterns("__pycache__"))
+        (snapshot / "bench").mkdir()
+        shutil.copy2(Path(__file__).resolve(), snapshot / "bench" / "bench_quality.py")
+        env = {**os.environ, SNAPSHOT_ENV: json.dumps(code_version())}
+        command = [sys.executable, str(snapshot / "bench" / "bench_quality.py"), *argv, "--output", str(output)]
+        return subprocess.run(command, env=env).returncode
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
 
 
 # ----- baselines: score matrices over the catalog, ranked with history excluded and seeded tie-breaking -----
@@ -440,7 +482,13 @@ def write_records(records: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if SNAPSHOT_ENV not in os.environ and not args.no_snapshot:
+        code = run_from_snapshot(argv, args.output.resolve())
+        if code:
+            sys.exit(code)
+        return json.loads(args.output.read_text(encoding="utf-8"))
     started = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.text_cache_dir is None:
