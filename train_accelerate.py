@@ -906,6 +906,10 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     if accelerator.is_main_process:
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Shut gloo down on every rank together: freeing DDP's reducer after a peer has exited can hang forever.
+        accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
     say(f"done: step {state.global_step}, best validation ndcg@10 {state.best_metric} at step {state.best_step}, "
         f"{summary['wall_seconds']:.0f}s")
     return summary
