@@ -462,11 +462,6 @@ def movie_frequency(sequences: list[UserSequence], num_movies: int) -> np.ndarra
     return counts
 
 
-def default_as_of(examples: EvaluationExamples) -> torch.Tensor:
-    """Evaluation asks for the user vector at the time of the target event (the moment of the recommendation)."""
-    return torch.from_numpy(examples.target_timestamps)
-
-
 __all__ = [
     "SPLITS",
     "DatasetError",

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 from bench_vs_original import (  # noqa: E402
-    DEFAULT_DATA_DIR,
+    add_data_arguments,
     cpu_seconds,
     isolate_datasets_cache,
     machine_records,
@@ -80,22 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "FusionModel on the prepared Kaggle sample, plus the one-time text cache build rate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--dataset", help="prepared dataset folder; default: prepare the Kaggle sample into a temp dir"
-    )
-    parser.add_argument(
-        "--data-dir", default=DEFAULT_DATA_DIR, help="raw Kaggle sample (used when --dataset is not given)"
-    )
-    parser.add_argument(
-        "--cache-root",
-        help="persistent text cache root (default: $FUSIONREC_CACHE/text or ~/.cache/fusionrec/text)",
-    )
-    parser.add_argument(
-        "--cache-build-movies",
-        type=int,
-        default=256,
-        help="movies encoded into a fresh cache to time the one-time build (0: all)",
-    )
+    add_data_arguments(parser)
     parser.add_argument("--movie-batch-size", type=int, default=512, help="movies per catalog_vectors batch")
     parser.add_argument("--user-batch-size", type=int, default=256, help="users per batch")
     parser.add_argument("--k", type=int, default=10, help="recommendations per user")

@@ -85,12 +85,8 @@ SPLIT = "leave_one_out"
 # ----- shared helpers -----
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Training examples/s: the original per-example SQLite + re-encode pipeline vs fusionrec's "
-        "text cache + TrainingCollator, same data, model and batch size.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every sample benchmark shares: where the data and the text cache are, and the cache-build sample."""
     parser.add_argument(
         "--dataset", help="prepared dataset folder; default: prepare the Kaggle sample into a temp dir"
     )
@@ -101,6 +97,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache-root",
         help="persistent text cache root (default: $FUSIONREC_CACHE/text or ~/.cache/fusionrec/text)",
     )
+    parser.add_argument(
+        "--cache-build-movies",
+        type=int,
+        default=256,
+        help="movies encoded into a fresh cache to time the one-time build (0: all)",
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Training examples/s: the original per-example SQLite + re-encode pipeline vs fusionrec's "
+        "text cache + TrainingCollator, same data, model and batch size.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_data_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="rows per model batch, both pipelines")
     parser.add_argument(
         "--num-negatives", type=int, default=256, help="uniform negatives per batch, both pipelines"
@@ -110,12 +121,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--fusionrec-seconds", type=float, default=45.0, help="time box of the fusionrec pipeline"
-    )
-    parser.add_argument(
-        "--cache-build-movies",
-        type=int,
-        default=256,
-        help="movies encoded into a fresh cache to time the one-time build (0: all)",
     )
     parser.add_argument(
         "--encoder-batch-size", type=int, default=32, help="texts per encoder call in the original pipeline"
