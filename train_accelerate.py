@@ -94,12 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--text-encoder-revision", default=None, help="text encoder revision (part of the cache key)")
     model.add_argument("--text-max-length", type=int, default=48, help="tokens kept per movie text")
+    model.add_argument("--perceiver-depth", type=int, default=None, help="Perceiver Resampler layers (config: 2)")
+    model.add_argument("--perceiver-head-dim", type=int, default=None, help="Perceiver attention head width (config: 32)")
     model.add_argument("--no-text", action="store_true", help="ablation: no text features (no encoder, no cache)")
     model.add_argument("--no-id-embedding", action="store_true", help="ablation: no movie id embedding")
     model.add_argument("--no-content-features", action="store_true", help="ablation: no numeric/categorical/bag features")
     model.add_argument("--rating-loss-weight", type=float, default=None, help="weight of the rating loss (config: 0.5)")
-    model.add_argument("--temperature", type=float, default=None, help="retrieval softmax temperature (config: 0.05)")
+    model.add_argument("--temperature", type=float, default=None, help="retrieval softmax temperature (config: 0.1)")
     model.add_argument("--dropout", type=float, default=None, help="dropout in both towers (config: 0.1)")
+    model.add_argument(
+        "--movie-id-dropout", type=float, default=None, help="probability of hiding a movie's id in training (config: 0.2)"
+    )
+    model.add_argument(
+        "--user-id-dropout", type=float, default=None, help="probability of hiding the user's id in training (config: 0.1)"
+    )
+    model.add_argument("--learn-temperature", action="store_true", help="learn the temperature, starting at --temperature")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--max-steps", type=int, default=300, help="optimizer steps to train (after accumulation)")
@@ -307,8 +316,11 @@ def build_config(args, spec: dict):
         overrides["rating_loss_weight"] = args.rating_loss_weight
     if args.temperature is not None:
         overrides["retrieval_temperature"] = args.temperature
-    if args.dropout is not None:
-        overrides["dropout"] = args.dropout
+    for name in ("dropout", "movie_id_dropout", "user_id_dropout", "perceiver_depth", "perceiver_head_dim"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.learn_temperature:
+        overrides["learn_temperature"] = True
     if not args.no_text:
         from modeling_fusionrec import text_encoder_hidden_size
 
