@@ -73,7 +73,8 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 import fusionrec_data as fd  # noqa: E402
-from evaluate_fusionrec import compute_metrics, evaluate_split  # noqa: E402
+from evaluate_fusionrec import compute_metrics, rank_examples  # noqa: E402
+from fusionrec_cli import catalog_vectors  # noqa: E402
 
 DEFAULT_DATA_DIR = "/work/shared/data/the-movies-dataset-sample"
 DEFAULT_OUTPUT = BENCH / "results" / "quality.json"
@@ -251,7 +252,28 @@ def rank_baseline(score_fn, examples: fd.EvaluationExamples, *, seed: int, num_m
     metrics = compute_metrics(ranked, np.zeros(len(examples), np.float32), examples, num_movies=num_movies,
                               k_values=K_VALUES)
     metrics.pop("rmse", None)  # no rating head
-    return metrics
+    return metrics, target_ranks(ranked, examples.targets)
+
+
+def target_ranks(ranked: np.ndarray, targets: np.ndarray) -> list[int]:
+    """0-based position of each example's target in its ranked list, -1 when it is not there: enough to recompute
+    every hit metric per example (paired significance between models)."""
+    hits = ranked == np.asarray(targets)[:, None]
+    return np.where(hits.any(axis=1), hits.argmax(axis=1), -1).tolist()
+
+
+def ndcg_per_example(ranks, k: int = 10) -> np.ndarray:
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where((ranks >= 0) & (ranks < k), 1.0 / np.log2(np.maximum(ranks, 0) + 2), 0.0)
+
+
+def paired_bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, *, samples: int = 10_000, seed: int = 0):
+    """95% interval of mean(numerator) / mean(denominator) over resamples of the same examples for both."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(numerator), size=(samples, len(numerator)))
+    ratios = numerator[picks].mean(axis=1) / np.maximum(denominator[picks].mean(axis=1), 1e-12)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
 
 
 class Ease:
@@ -305,7 +327,9 @@ def baseline_records(name: str, split: str, seeds: list[int], rows, catalog, spe
         ease = Ease(train, num_movies)
         grid = {}
         for lam in args.ease_lambdas:
-            grid[lam] = rank_baseline(ease.fit(lam).scores, validation, seed=seeds[0], num_movies=num_movies)["ndcg@10"]
+            grid[lam] = rank_baseline(ease.fit(lam).scores, validation, seed=seeds[0], num_movies=num_movies)[0][
+                "ndcg@10"
+            ]
         best = max(grid, key=grid.get)
         ease.fit(best)
         hyper.update(lambda_=best, validation_ndcg10_by_lambda={str(k): round(v, 5) for k, v in grid.items()})
@@ -315,11 +339,12 @@ def baseline_records(name: str, split: str, seeds: list[int], rows, catalog, spe
         raise ValueError(name)
     records = []
     for seed in seeds:
-        valid_metrics = rank_baseline(score_fn, validation, seed=seed, num_movies=num_movies)
-        metrics = rank_baseline(score_fn, test, seed=seed, num_movies=num_movies)
+        valid_metrics, _ = rank_baseline(score_fn, validation, seed=seed, num_movies=num_movies)
+        metrics, ranks = rank_baseline(score_fn, test, seed=seed, num_movies=num_movies)
         metrics["num_examples"] = len(test)
         records.append({
-            "model": name, "split": split, "seed": seed, "metrics": metrics, "validation": valid_metrics,
+            "model": name, "split": split, "seed": seed, "metrics": metrics, "test_target_ranks": ranks,
+            "validation": valid_metrics,
             "hyperparameters": hyper, "seconds": round(time.perf_counter() - started, 2), "machine": machine,
         })
     return records
@@ -360,16 +385,14 @@ def fusion_records(variant: str, split: str, seed: int, dataset: Path, workdir: 
     model = load_model(output / "best")
     cold = catalog.cold_item.numpy()
     test = fd.evaluation_examples(rows, split, "test", cold)
-    with torch.no_grad():
-        metrics = evaluate_split(model, catalog, test, k_values=K_VALUES)
-    metrics["num_examples"] = len(test)
+    metrics, ranks = score_model(model, catalog, test)
     best_valid = next((h for h in summary["history"] if h.get("step") == summary["best_step"] and "ndcg@10" in h), {})
     curve = [(h["step"], round(h["ndcg@10"], 4)) for h in summary["history"] if "ndcg@10" in h]
     say(f"  {variant} {split} seed {seed}: validation ndcg@10 curve {curve}; best step {summary['best_step']}; "
         f"test ndcg@10 {metrics['ndcg@10']:.4f} ({train_seconds:.0f}s)")
     shutil.rmtree(output / "final", ignore_errors=True)
     record = {
-        "model": variant, "split": split, "seed": seed, "metrics": metrics,
+        "model": variant, "split": split, "seed": seed, "metrics": metrics, "test_target_ranks": ranks,
         "validation": {k: v for k, v in best_valid.items() if k != "step"},
         "train": {
             "steps": summary["global_step"], "best_step": summary["best_step"],
@@ -382,6 +405,15 @@ def fusion_records(variant: str, split: str, seed: int, dataset: Path, workdir: 
     if variant != "fusion_full":
         return [record]
     return [record, zero_unseen_record(record, model, catalog, rows, split, test)]
+
+
+@torch.no_grad()
+def score_model(model, catalog, examples: fd.EvaluationExamples) -> tuple[dict, list[int]]:
+    """Test metrics of a FusionModel (as evaluate_fusionrec.evaluate_split) and each example's target rank."""
+    ranked, predicted = rank_examples(model, examples, catalog_vectors(model, catalog), k=max(K_VALUES))
+    metrics = compute_metrics(ranked, predicted, examples, num_movies=len(catalog), k_values=K_VALUES)
+    metrics["num_examples"] = len(examples)
+    return metrics, target_ranks(ranked, examples.targets)
 
 
 def zero_unseen_ids(model, rows, split: str, cold: np.ndarray) -> int:
@@ -398,13 +430,11 @@ def zero_unseen_ids(model, rows, split: str, cold: np.ndarray) -> int:
 def zero_unseen_record(record: dict, model, catalog, rows, split: str, test) -> dict:
     """The same fusion_full checkpoint scored with unseen movies' id embeddings zeroed (an inference-time rule)."""
     count = zero_unseen_ids(model, rows, split, catalog.cold_item.numpy())
-    with torch.no_grad():
-        metrics = evaluate_split(model, catalog, test, k_values=K_VALUES)
-    metrics["num_examples"] = len(test)
+    metrics, ranks = score_model(model, catalog, test)
     say(f"  {ZERO_UNSEEN} {split} seed {record['seed']}: {count} unseen movies zeroed; test ndcg@10 "
         f"{metrics['ndcg@10']:.4f}")
     return {
-        **record, "model": ZERO_UNSEEN, "metrics": metrics, "validation": {},
+        **record, "model": ZERO_UNSEEN, "metrics": metrics, "test_target_ranks": ranks, "validation": {},
         "note": f"the {record['model']} checkpoint of this split/seed, evaluated with the id embedding of the {count} "
         "movies that have no training interaction set to zero (supplementary; not used by the targets)",
     }
@@ -447,7 +477,27 @@ def format_table(summary: dict, splits: list[str]) -> str:
     return "\n".join(lines)
 
 
-def check_targets(summary: dict) -> list[str]:
+def per_example_ndcg(records: list[dict], model: str, split: str) -> np.ndarray | None:
+    """Test NDCG@10 per example, averaged over the model's seeds (None if a record lacks target ranks)."""
+    ranks = [r.get("test_target_ranks") for r in records if r["model"] == model and r["split"] == split]
+    if not ranks or any(r is None for r in ranks):
+        return None
+    return np.mean([ndcg_per_example(r) for r in ranks], axis=0)
+
+
+def compare(records: list[dict], split: str, full: float, model: str, value: float) -> str:
+    """'x ratio [95% paired-bootstrap interval over test examples]' of fusion_full against `model`."""
+    ratio = full / value if value > 0 else float("inf")
+    ours, theirs = per_example_ndcg(records, "fusion_full", split), per_example_ndcg(records, model, split)
+    if ours is None or theirs is None:
+        return f"x{ratio:.2f}"
+    low, high = paired_bootstrap_ratio(ours, theirs)
+    return f"x{ratio:.2f} [95% CI {low:.2f}-{high:.2f}]"
+
+
+def check_targets(summary: dict, records: list[dict]) -> list[str]:
+    """Targets (a) and (b) on seed means; each ratio also with a paired bootstrap interval over the test users (the
+    same users rank under every model, so the interval shows how well this test set resolves the difference)."""
     lines = []
 
     def ndcg(model: str, split: str) -> float | None:
@@ -465,6 +515,9 @@ def check_targets(summary: dict) -> list[str]:
         verdict = "PASS" if ratio >= 1.10 else "FAIL"
         lines.append(f"(a) leave_one_out NDCG@10: fusion_full {full:.4f} vs best other {best} {others[best]:.4f} "
                      f"-> x{ratio:.2f} (need >= 1.10): {verdict}")
+        for model, value in sorted(others.items(), key=lambda item: -item[1]):
+            lines.append(f"    fusion_full vs {model:<16} {value:.4f}: "
+                         f"{compare(records, 'leave_one_out', full, model, value)}")
     full = ndcg("fusion_full", "cold_items")
     free = {m: ndcg(m, "cold_items") for m in CONTENT_FREE}
     free = {m: v for m, v in free.items() if v is not None}
@@ -475,7 +528,7 @@ def check_targets(summary: dict) -> list[str]:
         ratio = full / free[best] if free[best] > 0 else float("inf")
         verdict = "PASS" if ratio >= 2.0 else "FAIL"
         lines.append(f"(b) cold_items NDCG@10: fusion_full {full:.4f} vs best content-free {best} {free[best]:.4f} "
-                     f"-> x{ratio:.2f} (need >= 2): {verdict}")
+                     f"-> {compare(records, 'cold_items', full, best, free[best])} (need >= 2): {verdict}")
         for reference in ("most_voted_tmdb", "fusion_content", ZERO_UNSEEN):
             value = ndcg(reference, "cold_items")
             if value is not None:
@@ -488,7 +541,8 @@ def check_targets(summary: dict) -> list[str]:
 def write_records(records: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(records, indent=1, default=str) + "\n", encoding="utf-8")
+    lines = ",\n".join(json.dumps(record, default=str) for record in records)  # one record per line
+    temporary.write_text(f"[\n{lines}\n]\n", encoding="utf-8")
     os.replace(temporary, path)
 
 
@@ -584,7 +638,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     say("(rating reference: predicting the split's mean training rating gives test RMSE "
         + ", ".join(f"{split} {rmse_constant(rows, split, catalog):.4f}" for split in args.splits) + ")")
     say("")
-    for line in check_targets(summary):
+    for line in check_targets(summary, records):
         say(line)
     say(f"total {total / 60:.1f} min; wrote {args.output}")
     return records
