@@ -38,14 +38,16 @@ Run (from the repository root):
 
     python bench/bench_quality.py                 # full run (see bench/README.md for measured times)
     python bench/bench_quality.py --quick         # smoke run: few steps, one seed, minutes
-    python bench/bench_quality.py --steps 300 --seeds 0 1 2
+    python bench/bench_quality.py --steps 2000 --eval-steps 200 --seeds 0 1 2
     python bench/bench_quality.py --reuse bench/results/quality.json   # resume: keep finished runs, do the rest
 
 The FusionModel trainings of different seeds run in parallel child processes (`--jobs`, default 2, one torch thread
 each): on 2 cores that is much faster than one process with two threads, above all when other jobs share the CPU.
 
 Writes bench/results/quality.json: a list of {"model", "split", "seed", "metrics", ...} records, one per
-model/split/seed (each also carries "machine", "hyperparameters" and, for trained models, "validation" and "train").
+model/split/seed (each also carries "machine", "hyperparameters", "test_target_ranks" (each test example's target
+rank, -1 beyond the top 20: the paired bootstrap intervals printed with the targets come from these) and, for trained
+models, "validation" and "train").
 The dataset is prepared into a temporary folder (never into the repository); the frozen-encoder text cache goes to
 `--text-cache-dir` (default: the library's shared cache, $FUSIONREC_CACHE/text or ~/.cache/fusionrec/text) and is
 built once and reused by every run.
