@@ -24,6 +24,7 @@ from fusionrec_data import (
     DatasetError,
     MovieCatalog,
     UserSequence,
+    atomic_write_text,
     load_catalog,
     load_tables,
     pad_histories,
@@ -379,15 +380,6 @@ def parse_date(text: str) -> int:
 
 def format_time(seconds: int) -> str:
     return dt.datetime.fromtimestamp(int(seconds), tz=dt.timezone.utc).strftime("%Y-%m-%d")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-    return path
 
 
 __all__ = [

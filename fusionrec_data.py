@@ -214,10 +214,14 @@ def build_text_cache(
     return stored["states"][rows], stored["lengths"][rows]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write through a temporary file and a rename, so a reader never sees half a file (parent folders are made)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
+    return path
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

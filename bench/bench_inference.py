@@ -63,6 +63,7 @@ from bench_vs_original import (  # noqa: E402
 from evaluate_fusionrec import catalog_vectors  # noqa: E402
 from fusionrec_data import (  # noqa: E402
     UserSequence,
+    atomic_write_text,
     default_cache_root,
     load_catalog,
     load_tables,
@@ -133,6 +134,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def record(pipeline: str, metric: str, value, unit: str) -> None:
         records.append({"pipeline": pipeline, "metric": metric, "value": value, "unit": unit})
 
+    def record_timing(stage: str, seconds: list[float], cpu: list[float]) -> tuple[float, float]:
+        """Median wall and CPU seconds of a timed stage, recorded with every repeat's wall time."""
+        median, cpu_median = statistics.median(seconds), statistics.median(cpu)
+        record("inference", f"{stage}_seconds_median", median, "s")
+        record("inference", f"{stage}_seconds_all", seconds, "s")
+        record("inference", f"{stage}_cpu_seconds_median", cpu_median, "s")
+        return median, cpu_median
+
     def rss(stage: str) -> None:
         record("memory", f"peak_rss_after_{stage}", round(peak_rss_mib(), 1), "MiB")
         record("memory", f"rss_after_{stage}", round(process.memory_info().rss / 2**20, 1), "MiB")
@@ -198,20 +207,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         seconds, cpu, movie_vectors = timed(
             lambda: catalog_vectors(model, catalog, batch_size=args.movie_batch_size), args.repeats
         )
-        median = statistics.median(seconds)
-        record("inference", "movie_vectors_seconds_median", median, "s")
-        record("inference", "movie_vectors_seconds_all", seconds, "s")
-        record("inference", "movie_vectors_cpu_seconds_median", statistics.median(cpu), "s")
+        median, cpu_median = record_timing("movie_vectors", seconds, cpu)
         record("inference", "movie_vectors_per_second", num_movies / median, "movies/s")
         table.append(
             (
                 "movie vectors (catalog_vectors)",
                 f"{num_movies / median:.0f} movies/s",
-                f"{num_movies} movies in {median:.2f}s ({statistics.median(cpu):.1f} cpu-s), batch {args.movie_batch_size}",
+                f"{num_movies} movies in {median:.2f}s ({cpu_median:.1f} cpu-s), batch {args.movie_batch_size}",
             )
         )
         rss("movie_vectors")
-        say(f"movie vectors: {num_movies / statistics.median(seconds):.0f} movies/s")
+        say(f"movie vectors: {num_movies / median:.0f} movies/s")
 
         # ----- user vectors -----
         histories = full_histories(rows)
@@ -239,21 +245,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         user_vectors()  # warm-up
         seconds, cpu, users = timed(user_vectors, args.repeats)
-        median = statistics.median(seconds)
-        record("inference", "user_vectors_seconds_median", median, "s")
-        record("inference", "user_vectors_seconds_all", seconds, "s")
-        record("inference", "user_vectors_cpu_seconds_median", statistics.median(cpu), "s")
+        median, cpu_median = record_timing("user_vectors", seconds, cpu)
         record("inference", "user_vectors_per_second", num_users / median, "users/s")
         table.append(
             (
                 "user vectors (calculate_user_feature)",
                 f"{num_users / median:.0f} users/s",
-                f"{num_users} users in {median:.3f}s ({statistics.median(cpu):.2f} cpu-s), batch {args.user_batch_size}, "
+                f"{num_users} users in {median:.3f}s ({cpu_median:.2f} cpu-s), batch {args.user_batch_size}, "
                 f"<= {config.max_history_length} steps",
             )
         )
         rss("user_vectors")
-        say(f"user vectors: {num_users / statistics.median(seconds):.0f} users/s")
+        say(f"user vectors: {num_users / median:.0f} users/s")
 
         # ----- exact top-k for every user, full history excluded -----
         def recommend_all():
@@ -271,20 +274,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         recommend_all()  # warm-up
         seconds, cpu, ranked = timed(recommend_all, args.repeats)
-        median = statistics.median(seconds)
-        record("inference", f"top{args.k}_all_users_seconds_median", median, "s")
-        record("inference", f"top{args.k}_all_users_seconds_all", seconds, "s")
-        record("inference", f"top{args.k}_all_users_cpu_seconds_median", statistics.median(cpu), "s")
+        median, cpu_median = record_timing(f"top{args.k}_all_users", seconds, cpu)
         record("inference", f"top{args.k}_users_per_second", num_users / median, "users/s")
         table.append(
             (
                 f"exact top-{args.k}, every user, history excluded",
                 f"{median:.3f} s",
-                f"{num_users} users x {num_movies} movies = {num_users / median:.0f} users/s ({statistics.median(cpu):.2f} cpu-s)",
+                f"{num_users} users x {num_movies} movies = {num_users / median:.0f} users/s ({cpu_median:.2f} cpu-s)",
             )
         )
         rss("recommend")
-        say(f"top-{args.k} for every user: {statistics.median(seconds):.2f}s")
+        say(f"top-{args.k} for every user: {median:.2f}s")
 
         # Checks: the top-k never holds a seen movie; how many seen movies recommend's own exclusion lets through.
         seen_all = torch.cat([seen for _, seen in batches])
@@ -335,10 +335,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"({long_users} users have longer histories)"
     )
 
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(records, indent=2, default=str) + "\n", encoding="utf-8")
-    print(f"wrote {output}")
+    atomic_write_text(args.output, json.dumps(records, indent=2, default=str) + "\n")
+    print(f"wrote {args.output}")
     return records
 
 

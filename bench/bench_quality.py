@@ -487,65 +487,58 @@ def per_example_ndcg(records: list[dict], model: str, split: str) -> np.ndarray 
     return np.mean([ndcg_per_example(r) for r in ranks], axis=0)
 
 
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else float("inf")
+
+
 def compare(records: list[dict], split: str, full: float, model: str, value: float) -> str:
     """'x ratio [95% paired-bootstrap interval over test examples]' of fusion_full against `model`."""
-    ratio = full / value if value > 0 else float("inf")
     ours, theirs = per_example_ndcg(records, "fusion_full", split), per_example_ndcg(records, model, split)
     if ours is None or theirs is None:
-        return f"x{ratio:.2f}"
+        return f"x{ratio(full, value):.2f}"
     low, high = paired_bootstrap_ratio(ours, theirs)
-    return f"x{ratio:.2f} [95% CI {low:.2f}-{high:.2f}]"
+    return f"x{ratio(full, value):.2f} [95% CI {low:.2f}-{high:.2f}]"
 
 
 def check_targets(summary: dict, records: list[dict]) -> list[str]:
     """Targets (a) and (b) on seed means; each ratio also with a paired bootstrap interval over the test users (the
     same users rank under every model, so the interval shows how well this test set resolves the difference)."""
+
+    def ndcgs(models, split: str) -> dict[str, float]:
+        cells = {model: summary.get((model, split), {}).get("ndcg@10") for model in models}
+        return {model: cell[0] for model, cell in cells.items() if cell is not None}
+
     lines = []
-
-    def ndcg(model: str, split: str) -> float | None:
-        cell = summary.get((model, split), {}).get("ndcg@10")
-        return None if cell is None else cell[0]
-
-    full = ndcg("fusion_full", "leave_one_out")
-    others = {m: ndcg(m, "leave_one_out") for m in MODELS if m not in ("fusion_full", ZERO_UNSEEN)}
-    others = {m: v for m, v in others.items() if v is not None}
+    full = ndcgs(["fusion_full"], "leave_one_out").get("fusion_full")
+    others = ndcgs([m for m in MODELS if m not in ("fusion_full", ZERO_UNSEEN)], "leave_one_out")
     if full is None or not others:
         lines.append("(a) leave_one_out: not run")
     else:
         best = max(others, key=others.get)
-        ratio = full / others[best] if others[best] > 0 else float("inf")
-        verdict = "PASS" if ratio >= 1.10 else "FAIL"
+        verdict = "PASS" if ratio(full, others[best]) >= 1.10 else "FAIL"
         lines.append(f"(a) leave_one_out NDCG@10: fusion_full {full:.4f} vs best other {best} {others[best]:.4f} "
-                     f"-> x{ratio:.2f} (need >= 1.10): {verdict}")
+                     f"-> x{ratio(full, others[best]):.2f} (need >= 1.10): {verdict}")
         for model, value in sorted(others.items(), key=lambda item: -item[1]):
             lines.append(f"    fusion_full vs {model:<16} {value:.4f}: "
                          f"{compare(records, 'leave_one_out', full, model, value)}")
-    full = ndcg("fusion_full", "cold_items")
-    free = {m: ndcg(m, "cold_items") for m in CONTENT_FREE}
-    free = {m: v for m, v in free.items() if v is not None}
+    full = ndcgs(["fusion_full"], "cold_items").get("fusion_full")
+    free = ndcgs(CONTENT_FREE, "cold_items")
     if full is None or not free:
         lines.append("(b) cold_items: not run")
     else:
         best = max(free, key=free.get)
-        ratio = full / free[best] if free[best] > 0 else float("inf")
-        verdict = "PASS" if ratio >= 2.0 else "FAIL"
+        verdict = "PASS" if ratio(full, free[best]) >= 2.0 else "FAIL"
         lines.append(f"(b) cold_items NDCG@10: fusion_full {full:.4f} vs best content-free {best} {free[best]:.4f} "
                      f"-> {compare(records, 'cold_items', full, best, free[best])} (need >= 2): {verdict}")
-        for reference in ("most_voted_tmdb", "fusion_content", ZERO_UNSEEN):
-            value = ndcg(reference, "cold_items")
-            if value is not None:
-                ratio_free = value / free[best] if free[best] > 0 else float("inf")
-                lines.append(f"    for reference (uses content, not part of (b)): {reference} {value:.4f} "
-                             f"= x{ratio_free:.2f} the best content-free model")
+        for reference, value in ndcgs(("most_voted_tmdb", "fusion_content", ZERO_UNSEEN), "cold_items").items():
+            lines.append(f"    for reference (uses content, not part of (b)): {reference} {value:.4f} "
+                         f"= x{ratio(value, free[best]):.2f} the best content-free model")
     return lines
 
 
 def write_records(records: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     lines = ",\n".join(json.dumps(record, default=str) for record in records)  # one record per line
-    temporary.write_text(f"[\n{lines}\n]\n", encoding="utf-8")
-    os.replace(temporary, path)
+    fd.atomic_write_text(path, f"[\n{lines}\n]\n")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -102,8 +102,7 @@ def main(argv=None) -> int:
         print(f"{pipeline:38s} {numbers['sequences_per_second']:12.2f} {numbers['targets_per_second']:12.1f} "
               f"{numbers['seconds_per_step']:8.2f}")
     print(f"speed-up from the cache: {cached['targets_per_second'] / uncached['targets_per_second']:.1f}x")
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    fd.atomic_write_text(options.output, json.dumps(results, indent=1) + "\n")
     print(f"wrote {options.output}")
     return 0
 

@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 from configuration_fusionrec import FusionRecConfig  # noqa: E402
 from fusionrec_data import (  # noqa: E402
     TrainingCollator,
+    atomic_write_text,
     build_text_cache,
     default_cache_root,
     load_catalog,
@@ -841,10 +842,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"({'measured on all' if len(sample) == len(texts) else f'extrapolated from {len(sample)}'})"
     )
 
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(records, indent=2, default=str) + "\n", encoding="utf-8")
-    print(f"wrote {output}")
+    atomic_write_text(args.output, json.dumps(records, indent=2, default=str) + "\n")
+    print(f"wrote {args.output}")
     return records
 
 
