@@ -13,6 +13,7 @@ OUTPUT_DIR/train_summary.json. Exact resume: the data order is a pure function o
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -919,7 +920,11 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     accelerator.end_training()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Shut gloo down on every rank together: freeing DDP's reducer after a peer has exited can hang forever.
+        # DDP's reducer holds the gloo group, and freeing it after a peer has exited can hang forever: free it on
+        # every rank while all are alive, then shut gloo down together.
+        del model, optimizer, loader, scheduler
+        accelerator.free_memory()
+        gc.collect()
         accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()
     say(f"done: step {state.global_step}, best validation ndcg@10 {state.best_metric} at step {state.best_step}, "
