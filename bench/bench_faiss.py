@@ -1,4 +1,4 @@
-"""Exact (batched torch matmul) vs FAISS top-K search, as the commands run them (fusionrec_cli.ExactSearch /
+"""Exact (batched torch matmul) vs FAISS top-K search, as the commands run them (fusionrec.retrieval.ExactSearch /
 FaissSearch, with each user's history excluded), on random L2-normalised vectors.
 
     python bench/bench_faiss.py [--movies 10000 100000] [--users 2000] [--dim 128] [--factory Flat HNSW32]
@@ -20,8 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluate_fusionrec import recall_vs_exact  # noqa: E402
-from fusionrec_cli import ExactSearch, FaissSearch, atomic_write_text  # noqa: E402
+from fusionrec.evaluation import recall_vs_exact  # noqa: E402
+from fusionrec.io import atomic_write_text  # noqa: E402
+from fusionrec.retrieval import ExactSearch, FaissSearch  # noqa: E402
 
 
 def run(

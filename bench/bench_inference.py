@@ -4,7 +4,7 @@ What is measured (untrained weights: speed does not depend on them):
 
 * text cache build, one-time: movies/s of all-MiniLM-L6-v2 through the library's `build_text_cache` into a fresh
   cache, on a seeded sample of `--cache-build-movies` movies (0: all), extrapolated to the whole catalog.
-* movie vectors/s: `evaluate_fusionrec.catalog_vectors` over the whole catalog from the cached token states.
+* movie vectors/s: `fusionrec.retrieval.catalog_vectors` over the whole catalog from the cached token states.
 * user vectors/s: `FusionModel.calculate_user_feature` over every user's full history (the most recent
   `max_history_length` steps, as the model reads them), batched.
 * exact top-10 for every user: `FusionModel.recommend` against the whole catalog with every movie of the user's
@@ -60,16 +60,12 @@ from bench_vs_original import (  # noqa: E402
     uncached_texts,
 )
 
-from evaluate_fusionrec import catalog_vectors  # noqa: E402
-from fusionrec_data import (  # noqa: E402
-    UserSequence,
-    atomic_write_text,
-    default_cache_root,
-    load_catalog,
-    load_tables,
-    pad_histories,
-    read_sequences,
-)
+from fusionrec.data.catalog import load_catalog  # noqa: E402
+from fusionrec.data.loading import load_tables  # noqa: E402
+from fusionrec.data.sequences import UserSequence, pad_histories, read_sequences  # noqa: E402
+from fusionrec.data.text_cache import default_cache_root  # noqa: E402
+from fusionrec.io import atomic_write_text  # noqa: E402
+from fusionrec.retrieval import catalog_vectors  # noqa: E402
 from modeling_fusionrec import FusionModel  # noqa: E402
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "inference.json"

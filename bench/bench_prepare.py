@@ -37,9 +37,9 @@ FULL_USERS = 270_896
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {repo!r})
-import prepare_dataset
+from fusionrec.data.prepare import prepare
 start = time.perf_counter()
-s = prepare_dataset.prepare("tmdb", {out!r}, {data!r}, ratings="ratings.csv")
+s = prepare("tmdb", {out!r}, {data!r}, ratings="ratings.csv")
 wall = time.perf_counter() - start
 print(json.dumps({{"wall": wall, "counts": s.counts, "timings": s.timings, "skipped": s.skipped,
                   "num_movies": s.num_movies, "num_users": s.num_users}}))

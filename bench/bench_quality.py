@@ -74,9 +74,20 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-import fusionrec_data as fd  # noqa: E402
-from evaluate_fusionrec import compute_metrics, rank_examples  # noqa: E402
-from fusionrec_cli import catalog_vectors  # noqa: E402
+from fusionrec.data.catalog import MovieCatalog  # noqa: E402
+from fusionrec.data.collator import movie_frequency  # noqa: E402
+from fusionrec.data.loading import load_feature_spec, load_tables  # noqa: E402
+from fusionrec.data.sequences import (  # noqa: E402
+    EvaluationExamples,
+    UserSequence,
+    evaluation_examples,
+    read_sequences,
+    train_sequence,
+)
+from fusionrec.data.text_cache import build_text_cache, default_cache_root  # noqa: E402
+from fusionrec.evaluation import compute_metrics, rank_examples  # noqa: E402
+from fusionrec.io import atomic_write_text  # noqa: E402
+from fusionrec.retrieval import catalog_vectors  # noqa: E402
 
 DEFAULT_DATA_DIR = "/work/shared/data/the-movies-dataset-sample"
 DEFAULT_OUTPUT = BENCH / "results" / "quality.json"
@@ -209,14 +220,14 @@ def code_version() -> dict:
 
 
 def run_from_snapshot(argv: list[str], output: Path) -> int:
-    """Copy the code (top-level modules, metrics/, this script) to a temp folder and run the benchmark from there:
+    """Copy the code (top-level modules, fusionrec/, this script) to a temp folder and run the benchmark from there:
     a run takes tens of minutes, and a module edited meanwhile in the checkout would otherwise mix code versions
     between runs, or between a checkpoint's training and the remote code saved with it and used to evaluate it."""
     snapshot = Path(tempfile.mkdtemp(prefix="bench_quality-src-"))
     try:
         for path in ROOT.glob("*.py"):
             shutil.copy2(path, snapshot / path.name)
-        shutil.copytree(ROOT / "metrics", snapshot / "metrics", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "fusionrec", snapshot / "fusionrec", ignore=shutil.ignore_patterns("__pycache__"))
         (snapshot / "bench").mkdir()
         shutil.copy2(Path(__file__).resolve(), snapshot / "bench" / "bench_quality.py")
         env = {**os.environ, SNAPSHOT_ENV: json.dumps(code_version())}
@@ -229,7 +240,7 @@ def run_from_snapshot(argv: list[str], output: Path) -> int:
 # ----- baselines: score matrices over the catalog, ranked with history excluded and seeded tie-breaking -----
 
 
-def rank_scores(scores: np.ndarray, examples: fd.EvaluationExamples, part: slice, tiebreak: np.ndarray, k: int):
+def rank_scores(scores: np.ndarray, examples: EvaluationExamples, part: slice, tiebreak: np.ndarray, k: int):
     """Top-k movie indices per row of `scores` (rows = examples[part]); history and non-candidates excluded (-1 pads);
     equal scores are ordered by the seeded permutation `tiebreak`."""
     scores = scores.astype(np.float64, copy=True)
@@ -243,7 +254,7 @@ def rank_scores(scores: np.ndarray, examples: fd.EvaluationExamples, part: slice
     return np.where(np.take_along_axis(permuted, order, axis=1) == -np.inf, -1, top)
 
 
-def rank_baseline(score_fn, examples: fd.EvaluationExamples, *, seed: int, num_movies: int, batch: int = 512):
+def rank_baseline(score_fn, examples: EvaluationExamples, *, seed: int, num_movies: int, batch: int = 512):
     tiebreak = np.random.default_rng(seed).permutation(num_movies)
     ranked = [
         rank_scores(score_fn(examples.histories[start : start + batch]), examples, slice(start, start + batch),
@@ -283,7 +294,7 @@ class Ease:
     X^T X + lambda I)^-1 = (I - X^T M X) / lambda, M = (lambda I_U + X X^T)^-1, so for a history row h and a movie j
     outside it: score_j = -(hP)_j / P_jj = (h X^T M X)_j / (1 - (X^T M X)_jj)."""
 
-    def __init__(self, train: list[fd.UserSequence], num_movies: int) -> None:
+    def __init__(self, train: list[UserSequence], num_movies: int) -> None:
         rows = np.concatenate([np.full(len(s.movies), i) for i, s in enumerate(train)])
         columns = np.concatenate([s.movies for s in train])
         self.x = np.zeros((len(train), num_movies), np.float64)
@@ -297,7 +308,7 @@ class Ease:
         self.denominator = 1.0 - (self.mx * self.x).sum(axis=0)
         return self
 
-    def scores(self, histories: list[fd.UserSequence]) -> np.ndarray:
+    def scores(self, histories: list[UserSequence]) -> np.ndarray:
         h = np.zeros((len(histories), self.num_movies), np.float64)
         for row, history in enumerate(histories):
             h[row, history.movies] = 1.0
@@ -307,13 +318,13 @@ class Ease:
 def baseline_records(name: str, split: str, seeds: list[int], rows, catalog, spec, args, machine) -> list[dict]:
     cold = catalog.cold_item.numpy()
     num_movies = len(catalog)
-    train = [s for s in (fd.train_sequence(row, split, cold) for row in rows) if len(s.movies)]
-    validation = fd.evaluation_examples(rows, split, "validation", cold)
-    test = fd.evaluation_examples(rows, split, "test", cold)
+    train = [s for s in (train_sequence(row, split, cold) for row in rows) if len(s.movies)]
+    validation = evaluation_examples(rows, split, "validation", cold)
+    test = evaluation_examples(rows, split, "test", cold)
     hyper: dict = {}
     started = time.perf_counter()
     if name == "most_popular":
-        counts = fd.movie_frequency(train, num_movies).astype(np.float64)
+        counts = movie_frequency(train, num_movies).astype(np.float64)
 
         def score_fn(histories):
             return np.broadcast_to(counts, (len(histories), num_movies))
@@ -376,17 +387,17 @@ def fusion_argv(variant: str, split: str, seed: int, dataset: Path, output: Path
 
 
 def fusion_records(variant: str, split: str, seed: int, dataset: Path, workdir: Path, rows, catalog, args, machine):
-    import train_accelerate
-    from fusionrec_cli import load_model
+    from fusionrec.cli import load_model
+    from fusionrec.training import loop, options
 
     output = workdir / "runs" / f"{variant}-{split}-seed{seed}"
     argv = fusion_argv(variant, split, seed, dataset, output, args)
     started = time.perf_counter()
-    summary = train_accelerate.train(train_accelerate.parse_args(argv))
+    summary = loop.train(options.parse_args(argv))
     train_seconds = time.perf_counter() - started
     model = load_model(output / "best")
     cold = catalog.cold_item.numpy()
-    test = fd.evaluation_examples(rows, split, "test", cold)
+    test = evaluation_examples(rows, split, "test", cold)
     metrics, ranks = score_model(model, catalog, test)
     best_valid = next((h for h in summary["history"] if h.get("step") == summary["best_step"] and "ndcg@10" in h), {})
     curve = [(h["step"], round(h["ndcg@10"], 4)) for h in summary["history"] if "ndcg@10" in h]
@@ -410,8 +421,8 @@ def fusion_records(variant: str, split: str, seed: int, dataset: Path, workdir: 
 
 
 @torch.no_grad()
-def score_model(model, catalog, examples: fd.EvaluationExamples) -> tuple[dict, list[int]]:
-    """Test metrics of a FusionModel (as evaluate_fusionrec.evaluate_split) and each example's target rank."""
+def score_model(model, catalog, examples: EvaluationExamples) -> tuple[dict, list[int]]:
+    """Test metrics of a FusionModel (as fusionrec.evaluation.evaluate_split) and each example's target rank."""
     ranked, predicted = rank_examples(model, examples, catalog_vectors(model, catalog), k=max(K_VALUES))
     metrics = compute_metrics(ranked, predicted, examples, num_movies=len(catalog), k_values=K_VALUES)
     metrics["num_examples"] = len(examples)
@@ -422,8 +433,8 @@ def zero_unseen_ids(model, rows, split: str, cold: np.ndarray) -> int:
     """Zero the id embedding of every movie without a training interaction under `split` (its embedding was never
     trained: it keeps its random initialisation, norm ~4 at hidden size 64). Zero is the input the model learned
     under movie-id dropout, so such a movie is scored from its content alone. Uses training data only."""
-    train = [fd.train_sequence(row, split, cold) for row in rows]
-    unseen = torch.from_numpy(fd.movie_frequency(train, len(cold)) == 0)
+    train = [train_sequence(row, split, cold) for row in rows]
+    unseen = torch.from_numpy(movie_frequency(train, len(cold)) == 0)
     with torch.no_grad():
         model.movie_tower.id_embedding.weight[unseen] = 0.0
     return int(unseen.sum())
@@ -538,7 +549,7 @@ def check_targets(summary: dict, records: list[dict]) -> list[str]:
 
 def write_records(records: list[dict], path: Path) -> None:
     lines = ",\n".join(json.dumps(record, default=str) for record in records)  # one record per line
-    fd.atomic_write_text(path, f"[\n{lines}\n]\n")
+    atomic_write_text(path, f"[\n{lines}\n]\n")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -552,7 +563,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     started = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.text_cache_dir is None:
-        args.text_cache_dir = fd.default_cache_root()
+        args.text_cache_dir = default_cache_root()
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="bench_quality-")) if own_workdir else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
@@ -579,13 +590,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         dataset = prepare(args, workdir)
         say(f"dataset: {dataset} ({time.perf_counter() - started:.0f}s)")
-        spec = fd.load_feature_spec(dataset)
-        movies, sequences = fd.load_tables(dataset)
-        rows = fd.read_sequences(sequences)
-        catalog = fd.MovieCatalog.from_table(movies, spec)
+        spec = load_feature_spec(dataset)
+        movies, sequences = load_tables(dataset)
+        rows = read_sequences(sequences)
+        catalog = MovieCatalog.from_table(movies, spec)
         text_runs = [(m, s, seed) for (m, s, seed) in wanted if m in FUSION_VARIANTS and m != "fusion_ids"]
         if any(key not in reused for key in text_runs):
-            states, lengths = fd.build_text_cache(
+            states, lengths = build_text_cache(
                 catalog.texts, cache_root=args.text_cache_dir, encoder_name=TEXT_ENCODER, revision=None,
                 max_length=args.text_max_length, show_progress=False,
             )
@@ -670,8 +681,8 @@ def run_seed_processes(args, dataset: Path, workdir: Path, seeds: list[int]) -> 
 def rmse_constant(rows, split: str, catalog) -> float:
     """RMSE on test of a constant prediction: the mean rating of the split's training data."""
     cold = catalog.cold_item.numpy()
-    value = float(np.concatenate([fd.train_sequence(row, split, cold).ratings for row in rows]).mean())
-    test = fd.evaluation_examples(rows, split, "test", cold)
+    value = float(np.concatenate([train_sequence(row, split, cold).ratings for row in rows]).mean())
+    test = evaluation_examples(rows, split, "test", cold)
     return float(np.sqrt(np.mean((test.target_ratings - value) ** 2)))
 
 

@@ -27,8 +27,13 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import fusionrec_data as fd  # noqa: E402
-import train_accelerate  # noqa: E402
+from fusionrec.data.catalog import load_catalog  # noqa: E402
+from fusionrec.data.collator import TrainingCollator, movie_frequency  # noqa: E402
+from fusionrec.data.loading import load_feature_spec, load_tables  # noqa: E402
+from fusionrec.data.sequences import read_sequences, train_sequence, training_windows  # noqa: E402
+from fusionrec.io import atomic_write_text  # noqa: E402
+from fusionrec.training.loop import build_optimizer  # noqa: E402
+from fusionrec.training.options import build_config, parse_args  # noqa: E402
 from modeling_fusionrec import FusionModel  # noqa: E402
 
 
@@ -66,20 +71,20 @@ def main(argv=None) -> int:
         dataset = Path(tempfile.mkdtemp(prefix="fusionrec-bench-")) / "synthetic"
         subprocess.run([sys.executable, str(REPO_ROOT / "prepare_dataset.py"), "--source", "synthetic", "--output",
                         str(dataset), "--quiet"], check=True, capture_output=True)
-    args = train_accelerate.parse_args(["--dataset", str(dataset), "--output-dir", "unused"])
+    args = parse_args(["--dataset", str(dataset), "--output-dir", "unused"])
     args._resume_dir = None
-    spec = fd.load_feature_spec(dataset)
-    config = train_accelerate.build_config(args, spec)
-    catalog, _ = fd.load_catalog(dataset, config, cache_root=options.text_cache_dir, show_progress=True)
-    rows = fd.read_sequences(fd.load_tables(dataset)[1])
+    spec = load_feature_spec(dataset)
+    config = build_config(args, spec)
+    catalog, _ = load_catalog(dataset, config, cache_root=options.text_cache_dir, show_progress=True)
+    rows = read_sequences(load_tables(dataset)[1])
     cold = catalog.cold_item.numpy()
-    train = [s for s in (fd.train_sequence(r, "leave_one_out", cold) for r in rows) if len(s.movies)]
-    windows = fd.training_windows(train, window=config.max_history_length)
-    collator = fd.TrainingCollator(catalog, config=config, movie_frequency=fd.movie_frequency(train, len(catalog)),
-                                   negative_pool=np.arange(len(catalog)), num_negatives=args.num_negatives, seed=0)
+    train = [s for s in (train_sequence(r, "leave_one_out", cold) for r in rows) if len(s.movies)]
+    windows = training_windows(train, window=config.max_history_length)
+    collator = TrainingCollator(catalog, config=config, movie_frequency=movie_frequency(train, len(catalog)),
+                                negative_pool=np.arange(len(catalog)), num_negatives=args.num_negatives, seed=0)
     torch.manual_seed(0)
     model = FusionModel(config).train()
-    optimizer = train_accelerate.build_optimizer(model, args)
+    optimizer = build_optimizer(model, args)
     label = (f"{spec.get('source')} dataset ({len(catalog)} movies), hidden {config.hidden_size}, batch {args.batch_size}, "
              f"window {config.max_history_length}, {config.text_encoder_name_or_path} ({config.text_max_length} tokens), "
              f"{torch.get_num_threads()} threads")
@@ -102,7 +107,7 @@ def main(argv=None) -> int:
         print(f"{pipeline:38s} {numbers['sequences_per_second']:12.2f} {numbers['targets_per_second']:12.1f} "
               f"{numbers['seconds_per_step']:8.2f}")
     print(f"speed-up from the cache: {cached['targets_per_second'] / uncached['targets_per_second']:.1f}x")
-    fd.atomic_write_text(options.output, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(options.output, json.dumps(results, indent=1) + "\n")
     print(f"wrote {options.output}")
     return 0
 

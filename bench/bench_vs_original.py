@@ -56,20 +56,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configuration_fusionrec import FusionRecConfig  # noqa: E402
-from fusionrec_data import (  # noqa: E402
-    TrainingCollator,
-    atomic_write_text,
-    build_text_cache,
-    default_cache_root,
-    load_catalog,
-    load_tables,
-    movie_frequency,
-    read_sequences,
-    text_cache_dir,
-    text_hash,
-    train_sequence,
-    training_windows,
-)
+from fusionrec.data.catalog import load_catalog  # noqa: E402
+from fusionrec.data.collator import TrainingCollator, movie_frequency  # noqa: E402
+from fusionrec.data.loading import load_tables  # noqa: E402
+from fusionrec.data.sequences import read_sequences, train_sequence, training_windows  # noqa: E402
+from fusionrec.data.text_cache import build_text_cache, default_cache_root, text_cache_dir, text_hash  # noqa: E402
+from fusionrec.io import atomic_write_text  # noqa: E402
 from modeling_fusionrec import (  # noqa: E402
     PACKAGED_MINILM,
     FusionModel,

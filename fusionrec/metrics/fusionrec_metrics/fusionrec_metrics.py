@@ -5,8 +5,8 @@ movie per user): Recall@K (equal to HitRate@K with one relevant item), NDCG@K (1
 1-based), MRR@K and catalog coverage@K, plus RMSE for the rating head.
 
 This file is self-contained on purpose (numpy, evaluate and datasets only, one module per `import`
-statement): `evaluate.load("metrics/fusionrec_metrics")` copies this single file into its module cache
-and scans its `import` statements, and that scanner misreads `import a, b`.
+statement): `evaluate.load("fusionrec/metrics/fusionrec_metrics")` copies this single file into its module
+cache and scans its `import` statements, and that scanner misreads `import a, b`.
 """
 
 from collections.abc import Iterable, Sequence
@@ -62,10 +62,10 @@ Returns:
     `dict`: {"rmse": float}. Empty or non-finite inputs raise ValueError.
 
 Examples:
-    >>> metric = evaluate.load("metrics/fusionrec_metrics")
+    >>> metric = evaluate.load("fusionrec/metrics/fusionrec_metrics")
     >>> metric.compute(predictions=[[5, 2, 7], [1, 3, -1]], references=[7, 4], k_values=[1, 3])
     {'recall@1': 0.0, 'ndcg@1': 0.0, 'mrr@1': 0.0, 'recall@3': 0.5, 'ndcg@3': 0.25, 'mrr@3': 0.16666666666666666, 'num_users': 2}
-    >>> rmse = evaluate.load("metrics/fusionrec_metrics", "rmse")
+    >>> rmse = evaluate.load("fusionrec/metrics/fusionrec_metrics", "rmse")
     >>> rmse.compute(predictions=[4.0, 3.0], references=[5.0, 3.0])
     {'rmse': 0.7071067811865476}
 """

@@ -16,9 +16,10 @@ import torch
 from safetensors.torch import load_file
 from tiny import save_tiny_t5
 
-import train_accelerate
+from fusionrec.training import loop
+from fusionrec.training.options import build_config, build_parser, parse_args
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 TINY = [
@@ -64,7 +65,7 @@ def fresh_accelerate_state():
 
 def run(argv: list[str], **kwargs) -> int:
     reset_accelerate_state()
-    return train_accelerate.main([str(a) for a in argv], **kwargs)
+    return loop.main([str(a) for a in argv], **kwargs)
 
 
 def summary(output: Path) -> dict:
@@ -97,12 +98,14 @@ def test_tiny_run_lowers_loss_and_final_reloads_with_auto_model(dataset, tmp_pat
     assert weights and all(torch.equal(loaded[name], tensor) for name, tensor in weights.items())
     assert model.config.use_text and model.config.text_encoder_name_or_path == str(encoder)
     # The reloaded model reproduces the run's own final validation metrics (same vectors, same rankings).
-    import fusionrec_data as fd
-    from evaluate_fusionrec import evaluate_split
+    from fusionrec.data.catalog import load_catalog
+    from fusionrec.data.loading import load_tables
+    from fusionrec.data.sequences import evaluation_examples, read_sequences
+    from fusionrec.evaluation import evaluate_split
 
-    catalog, _ = fd.load_catalog(dataset, model.config, cache_root=tmp_path / "cache", show_progress=False)
-    rows = fd.read_sequences(fd.load_tables(dataset)[1])
-    examples = fd.evaluation_examples(rows, "leave_one_out", "validation", catalog.cold_item.numpy())
+    catalog, _ = load_catalog(dataset, model.config, cache_root=tmp_path / "cache", show_progress=False)
+    rows = read_sequences(load_tables(dataset)[1])
+    examples = evaluation_examples(rows, "leave_one_out", "validation", catalog.cold_item.numpy())
     metrics = evaluate_split(model, catalog, examples)
     for name in ("ndcg@10", "recall@20", "rmse"):
         assert metrics[name] == pytest.approx(state["last_validation"][name], abs=1e-6), name
@@ -280,9 +283,9 @@ def test_model_options_reach_the_config_and_bad_values_are_one_line(dataset, tmp
                "--perceiver-depth", "1", "--perceiver-head-dim", "8", "--dropout", "0.3"]
 
     def config_from(*argv: str):
-        args = train_accelerate.parse_args(["--dataset", str(dataset), "--output-dir", str(tmp_path), "--no-text", *argv])
+        args = parse_args(["--dataset", str(dataset), "--output-dir", str(tmp_path), "--no-text", *argv])
         args._resume_dir = None
-        return train_accelerate.build_config(args, spec)
+        return build_config(args, spec)
 
     config = config_from(*options)
     assert (config.movie_id_dropout, config.user_id_dropout, config.dropout) == (0.5, 0.0, 0.3)
@@ -295,7 +298,7 @@ def test_model_options_reach_the_config_and_bad_values_are_one_line(dataset, tmp
 
 
 def test_help_documents_every_option():
-    parser = train_accelerate.build_parser()
+    parser = build_parser()
     for action in parser._actions:
         assert action.help, action.option_strings
     text = parser.format_help()

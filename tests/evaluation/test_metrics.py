@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metrics.fusionrec_metrics.fusionrec_metrics import pad_ranked_lists, ranking_metrics, rating_rmse
+from fusionrec.metrics.fusionrec_metrics import pad_ranked_lists, ranking_metrics, rating_rmse
 
-METRIC_DIR = Path(__file__).resolve().parents[1] / "metrics" / "fusionrec_metrics"
+METRIC_DIR = Path(__file__).resolve().parents[2] / "fusionrec" / "metrics" / "fusionrec_metrics"
 
 
 # --------------------------------------------------------------------------- reference implementation

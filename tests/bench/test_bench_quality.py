@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import bench_quality  # noqa: E402
 
-from metrics.fusionrec_metrics.fusionrec_metrics import ranking_metrics  # noqa: E402
+from fusionrec.metrics.fusionrec_metrics import ranking_metrics  # noqa: E402
 
 
 def test_target_ranks_are_positions_or_minus_one():

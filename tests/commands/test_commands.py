@@ -17,22 +17,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import evaluate_fusionrec
-import export_embeddings
-import recommend
 from configuration_fusionrec import FusionRecConfig
-from fusionrec_cli import CommandError, format_time, open_session, parse_date, user_vectors
-from fusionrec_data import UserSequence, evaluation_examples
+from fusionrec import evaluation, export, recommend
+from fusionrec.cli import format_time, open_session, parse_date
+from fusionrec.data.sequences import UserSequence, evaluation_examples
+from fusionrec.errors import CommandError
+from fusionrec.retrieval import user_vectors
 from modeling_fusionrec import FusionModel
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 K_VALUES = (10, 20)
 MAX_HISTORY = 8  # shorter than every synthetic history: exclusion and as-of must still use the whole history
 
 
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory) -> Path:
-    from prepare_dataset import prepare
+    from fusionrec.data.prepare import prepare
 
     output = tmp_path_factory.mktemp("data") / "synthetic"
     prepare("synthetic", output, synthetic_users=40, synthetic_movies=80, synthetic_ratings_per_user=15)
@@ -76,7 +76,7 @@ def report(tmp_path_factory, model_dir, dataset_dir) -> tuple[dict, str]:
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert evaluate_fusionrec.main([*argv, "--no-progress"]) == 0
+        assert evaluation.main([*argv, "--no-progress"]) == 0
     return json.loads(output.read_text()), printed.getvalue()
 
 
@@ -144,7 +144,7 @@ def test_metrics_equal_a_brute_force_reference(session, report, split):
     from_command = report[0]["splits"][split]
     cold = session.catalog.cold_item.numpy()
     examples = evaluation_examples(session.rows, split, "test", cold)
-    from_training_api = evaluate_fusionrec.evaluate_split(session.model, session.catalog, examples, k_values=K_VALUES)
+    from_training_api = evaluation.evaluate_split(session.model, session.catalog, examples, k_values=K_VALUES)
     for key, value in expected.items():
         assert from_command[key] == pytest.approx(value, abs=1e-9), key
         if key != "num_examples":
@@ -155,10 +155,10 @@ def test_metrics_equal_a_brute_force_reference(session, report, split):
 
 def test_evaluate_module_and_numpy_metrics_agree(session):
     examples = evaluation_examples(session.rows, "temporal", "test", session.catalog.cold_item.numpy())
-    ranked, predicted = evaluate_fusionrec.rank_examples(session.model, examples, session.movie_vectors(), k=20)
+    ranked, predicted = evaluation.rank_examples(session.model, examples, session.movie_vectors(), k=20)
     kwargs = {"num_movies": len(session.catalog), "k_values": K_VALUES}
-    by_module = evaluate_fusionrec.compute_metrics(ranked, predicted, examples, backend="evaluate", **kwargs)
-    by_numpy = evaluate_fusionrec.compute_metrics(ranked, predicted, examples, backend="numpy", **kwargs)
+    by_module = evaluation.compute_metrics(ranked, predicted, examples, backend="evaluate", **kwargs)
+    by_numpy = evaluation.compute_metrics(ranked, predicted, examples, backend="numpy", **kwargs)
     assert by_module.keys() == by_numpy.keys()
     for key in by_numpy:
         assert by_module[key] == pytest.approx(by_numpy[key], abs=1e-12), key
@@ -168,7 +168,7 @@ def test_faiss_flat_index_matches_exact_search(tmp_path, model_dir, dataset_dir,
     output = tmp_path / "faiss.json"
     argv = ["--model", model_dir, "--dataset", dataset_dir, "--split", "leave_one_out", "cold_items", "--index", "faiss",
             "--metrics-backend", "numpy", "--output", output, "--no-progress"]
-    code, out, err = run_main(evaluate_fusionrec, argv, capsys)
+    code, out, err = run_main(evaluation, argv, capsys)
     assert code == 0, err
     assert "faiss_recall_vs_exact@10" in out
     results = json.loads(output.read_text())
@@ -285,7 +285,7 @@ def test_unknown_title_suggests_close_matches(session, capsys, model_dir, datase
 
 def _export_args(model_dir, dataset_dir, output, *extra):
     argv = ["--model", model_dir, "--dataset", dataset_dir, "--output", output, "--chunk-size", 16, "--no-progress", *extra]
-    return export_embeddings.build_parser().parse_args([str(a) for a in argv])
+    return export.build_parser().parse_args([str(a) for a in argv])
 
 
 def _vectors(table: pa.Table) -> np.ndarray:
@@ -301,7 +301,7 @@ def _dates(session) -> tuple[str, str]:
 def test_export_writes_float16_vectors_as_of_each_date(tmp_path, session, model_dir, dataset_dir):
     early, late = _dates(session)
     output = tmp_path / "export"
-    export_embeddings.export(_export_args(model_dir, dataset_dir, output, "--as-of", early, late), session=session)
+    export.export(_export_args(model_dir, dataset_dir, output, "--as-of", early, late), session=session)
     movies = pq.read_table(output / "movies.parquet")
     assert movies.num_rows == len(session.catalog)
     assert movies.schema.field("vector").type == pa.list_(pa.float16(), 32)
@@ -349,9 +349,9 @@ def test_export_writes_float16_vectors_as_of_each_date(tmp_path, session, model_
 def test_an_interrupted_export_resumes_and_gives_identical_output(tmp_path, session, model_dir, dataset_dir, monkeypatch):
     early, _ = _dates(session)
     fresh, resumed = tmp_path / "fresh", tmp_path / "resumed"
-    export_embeddings.export(_export_args(model_dir, dataset_dir, fresh, "--as-of", early), session=session)
+    export.export(_export_args(model_dir, dataset_dir, fresh, "--as-of", early), session=session)
 
-    original = export_embeddings.compute_user_chunk
+    original = export.compute_user_chunk
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -360,16 +360,16 @@ def test_an_interrupted_export_resumes_and_gives_identical_output(tmp_path, sess
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(export_embeddings, "compute_user_chunk", interrupted)
+    monkeypatch.setattr(export, "compute_user_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export_embeddings.export(_export_args(model_dir, dataset_dir, resumed, "--as-of", early), session=session)
+        export.export(_export_args(model_dir, dataset_dir, resumed, "--as-of", early), session=session)
     stem = f"users_as_of_{early}"
     assert sorted(p.name for p in (resumed / ".parts" / stem).glob("part-*")) == ["part-00000.parquet"]
     assert not (resumed / f"{stem}.parquet").exists()
 
     calls.clear()
-    monkeypatch.setattr(export_embeddings, "compute_user_chunk", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
-    export_embeddings.export(_export_args(model_dir, dataset_dir, resumed, "--as-of", early), session=session)
+    monkeypatch.setattr(export, "compute_user_chunk", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
+    export.export(_export_args(model_dir, dataset_dir, resumed, "--as-of", early), session=session)
     assert calls and calls[0].start == 16  # the first chunk was not recomputed
     for name in ("movies.parquet", f"{stem}.parquet"):
         assert pq.read_table(resumed / name).equals(pq.read_table(fresh / name)), name
@@ -380,7 +380,7 @@ def test_export_command_writes_csv_on_request(tmp_path, model_dir, dataset_dir, 
     output = tmp_path / "csv"
     argv = ["--model", model_dir, "--dataset", dataset_dir, "--output", output, "--format", "parquet", "csv",
             "--no-progress"]
-    code, out, err = run_main(export_embeddings, argv, capsys)
+    code, out, err = run_main(export, argv, capsys)
     assert code == 0, err
     users = pd.read_csv(output / "users.csv")
     assert list(users.columns[:6]) == ["user_index", "user_id", "as_of", "as_of_timestamp", "num_ratings", "v0"]
@@ -412,10 +412,10 @@ def other_model_dir(tmp_path_factory, dataset_dir) -> Path:
         (recommend, ["--history", "#999999=4"], "no movie_index 999999"),
         (recommend, ["--history", "tmdb:1=4"], "no movie with that tmdb id"),
         (recommend, ["--history", "#1=9"], "ratings run from"),
-        (evaluate_fusionrec, ["--dataset", "MISSING"], "dataset folder not found"),
-        (export_embeddings, ["--output", "OUT", "--model", "MISSING"], "model folder not found"),
-        (evaluate_fusionrec, ["--model", "OTHER"], "feature spec differs"),
-        (export_embeddings, ["--output", "OUT", "--model", "OTHER"], "feature spec differs"),
+        (evaluation, ["--dataset", "MISSING"], "dataset folder not found"),
+        (export, ["--output", "OUT", "--model", "MISSING"], "model folder not found"),
+        (evaluation, ["--model", "OTHER"], "feature spec differs"),
+        (export, ["--output", "OUT", "--model", "OTHER"], "feature spec differs"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code_2(
@@ -433,7 +433,7 @@ def test_bad_input_gives_one_line_and_exit_code_2(
         if flag in extra:
             base.pop(flag)
     argv = [item for pair in base.items() for item in pair] + extra
-    if module is evaluate_fusionrec or module is export_embeddings:
+    if module is evaluation or module is export:
         argv.append("--no-progress")
     code, out, err = run_main(module, argv, capsys)
     assert code == 2

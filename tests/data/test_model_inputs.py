@@ -7,19 +7,18 @@ import pytest
 import torch
 from tiny import save_tiny_t5
 
-from fusionrec_data import (
-    DatasetError,
-    MovieCatalog,
-    TrainingCollator,
+from fusionrec.data.catalog import MovieCatalog
+from fusionrec.data.collator import TrainingCollator, movie_frequency
+from fusionrec.data.loading import load_feature_spec
+from fusionrec.data.sequences import (
     UserSequence,
-    build_text_cache,
     evaluation_examples,
-    load_feature_spec,
-    movie_frequency,
     pad_histories,
     train_sequence,
     training_windows,
 )
+from fusionrec.data.text_cache import build_text_cache
+from fusionrec.errors import DatasetError
 
 
 def row(movies, *, temporal_valid_start=None, temporal_test_start=None) -> dict:

@@ -1,0 +1,187 @@
+"""What the user-facing commands share (evaluation, recommend, export): loading a model
+(`AutoModel.from_pretrained(..., trust_remote_code=True)`) together with the prepared dataset it must match, date
+parsing, and turning bad input into ONE clear line (exit code 2).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusionrec.data.catalog import MovieCatalog, load_catalog
+from fusionrec.data.loading import load_tables
+from fusionrec.data.sequences import UserSequence, read_sequences
+from fusionrec.errors import CommandError, DatasetError, one_line
+from fusionrec.retrieval import catalog_vectors
+
+EXIT_BAD_INPUT = 2
+
+
+def run_command(body: Callable[[], int | None]) -> int:
+    """Run a command body; bad input (CommandError, DatasetError) prints `error: ...` on one line and gives exit 2."""
+    try:
+        return body() or 0
+    except (CommandError, DatasetError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_model(name_or_path: str | os.PathLike, *, device: str = "cpu"):
+    """A fusionrec model from a folder saved by save_pretrained or a Hub id, in eval mode on `device`."""
+    from transformers import AutoModel
+
+    name = os.fspath(name_or_path)
+    if not Path(name).exists() and not _HUB_ID.match(name):
+        raise CommandError(f"{name}: model folder not found; give a folder written by save_pretrained or a Hub id.")
+    if Path(name).exists() and not (Path(name) / "config.json").is_file():
+        raise CommandError(f"{name}: no config.json there; give a folder written by save_pretrained.")
+    try:
+        model = AutoModel.from_pretrained(name, trust_remote_code=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise CommandError(f"{name}: cannot load the model ({one_line(error)[:300]}).") from error
+    if getattr(model.config, "model_type", None) != "fusionrec":
+        raise CommandError(f"{name}: model_type is {model.config.model_type!r}, not a fusionrec model.")
+    return model.to(resolve_device(device)).eval()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_dataset_dir(dataset_dir: str | os.PathLike) -> Path:
+    path = Path(dataset_dir)
+    if not path.is_dir():
+        raise CommandError(
+            f"{path}: dataset folder not found; make it with `python prepare_dataset.py --source ... --output {path}`."
+        )
+    return path
+
+
+@contextmanager
+def quiet_libraries():
+    """No per-file progress bars from transformers (weights) or datasets (parquet -> arrow) while loading: the
+    commands print their own progress, and an error stays the only line on stderr."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets_bars = datasets.utils.logging.is_progress_bar_enabled()
+    transformers_bars = transformers_logging.is_progress_bar_enabled()
+    datasets.utils.logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_bars:
+            datasets.utils.logging.enable_progress_bar()
+        if transformers_bars:
+            transformers_logging.enable_progress_bar()
+
+
+@dataclass
+class Session:
+    """A model and the prepared dataset it was trained on, loaded once and shared by a command."""
+
+    model: object
+    dataset_dir: Path
+    spec: dict
+    catalog: MovieCatalog
+    movies: object  # pandas DataFrame: movie_index, movie_id, tmdb_id, imdb_id, title, year
+    rows: list[dict] = field(repr=False)
+    user_ids: np.ndarray = field(repr=False)
+    batch_size: int = 512
+    show_progress: bool = False
+    _movie_vectors: torch.Tensor | None = field(default=None, repr=False)
+
+    def movie_vectors(self) -> torch.Tensor:
+        if self._movie_vectors is None:
+            self._movie_vectors = catalog_vectors(
+                self.model, self.catalog, batch_size=self.batch_size, show_progress=self.show_progress
+            )
+        return self._movie_vectors
+
+    def sequence(self, row: int) -> UserSequence:
+        data = self.rows[row]
+        return UserSequence(
+            user_index=data["user_index"],
+            movies=data["movie_index"].astype(np.int64),
+            ratings=data["rating"].astype(np.float32),
+            timestamps=data["timestamp"].astype(np.int64),
+        )
+
+    def user_row(self, user_id: int) -> int:
+        found = np.flatnonzero(self.user_ids == user_id)
+        if not len(found):
+            low, high = (int(self.user_ids.min()), int(self.user_ids.max())) if len(self.user_ids) else (0, 0)
+            raise CommandError(
+                f"unknown user id {user_id}; this dataset's {len(self.user_ids):,} user ids run from {low} to {high}."
+            )
+        return int(found[0])
+
+    def describe_movie(self, index: int) -> str:
+        year = self.catalog.years[index]
+        return f"{self.catalog.titles[index]} ({year})" if year is not None else self.catalog.titles[index]
+
+
+def open_session(
+    model: str | os.PathLike,
+    dataset: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 512,
+    show_progress: bool = False,
+) -> Session:
+    """Load the model and the dataset, and check they come from the same feature spec (one line if not)."""
+    dataset_dir = check_dataset_dir(dataset)
+    with quiet_libraries():
+        loaded = load_model(model, device=device)
+        catalog, spec = load_catalog(dataset_dir, loaded.config, cache_root=cache_dir, show_progress=show_progress)
+        movies, sequences = load_tables(dataset_dir)
+    id_columns = ["movie_index", "movie_id", "tmdb_id", "imdb_id", "title", "year"]
+    table = movies.with_format(None).select_columns([c for c in id_columns if c in movies.column_names]).to_pandas()
+    user_ids = np.asarray(sequences.with_format("numpy")["user_id"], dtype=np.int64)
+    return Session(
+        model=loaded,
+        dataset_dir=dataset_dir,
+        spec=spec,
+        catalog=catalog,
+        movies=table,
+        rows=read_sequences(sequences),
+        user_ids=user_ids,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
+
+
+def parse_date(text: str) -> int:
+    """YYYY-MM-DD (UTC) -> unix seconds of the END of that day, so ratings made on that day count ("as of" the
+    date, inclusive). A full ISO time (YYYY-MM-DDTHH:MM:SS, UTC unless it names a zone) is taken as given."""
+    text = text.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+            return int((day + dt.timedelta(days=1)).timestamp()) - 1
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"--as-of {text!r}: not a date; write YYYY-MM-DD (e.g. 2015-01-01).") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return int(moment.timestamp())
+
+
+def format_time(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(int(seconds), tz=dt.timezone.utc).strftime("%Y-%m-%d")

@@ -1,0 +1,73 @@
+"""The training collator: pads a batch of windows and builds its candidate movies (the batch's own plus uniform
+negatives) with the log-probabilities the logQ correction subtracts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from fusionrec.data.catalog import MovieCatalog
+from fusionrec.data.sequences import UserSequence, pad_histories
+
+
+class TrainingCollator:
+    """Pads a batch of windows and builds its candidate movies: every movie in the batch plus `num_negatives`
+    uniform samples from `negative_pool`, with log_q = log P(candidate is in the set) for the logQ correction:
+    1 - P(none of the batch's targets is it) * P(no uniform draw is it), targets drawn by training frequency."""
+
+    def __init__(
+        self,
+        catalog: MovieCatalog,
+        *,
+        config,
+        movie_frequency: np.ndarray,
+        negative_pool: np.ndarray,
+        num_negatives: int,
+        seed: int,
+    ) -> None:
+        self.catalog = catalog
+        self.config = config
+        self.negative_pool = torch.from_numpy(np.asarray(negative_pool, dtype=np.int64))
+        self.num_negatives = num_negatives
+        share = np.asarray(movie_frequency, dtype=np.float64)
+        self.frequency_share = torch.from_numpy(share / max(share.sum(), 1.0))
+        self.in_pool = torch.zeros(len(share), dtype=torch.bool)
+        self.in_pool[self.negative_pool] = True
+        self.seed = seed
+        self.calls = 0
+
+    def negative_generator(self, batch_key) -> torch.Generator:
+        """The generator for one batch's negatives: a pure function of (seed, batch_key), so a resumed run (or any
+        process) draws exactly the negatives of the uninterrupted run for the same batch."""
+        digest = hashlib.sha256(f"{self.seed}\0{batch_key!r}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+    def __call__(self, windows: list[UserSequence], *, batch_key=None) -> dict:
+        """`batch_key` (e.g. (epoch, batch number)) seeds this batch's negatives; without one, the call count is the
+        key (deterministic for a fresh collator called in order, but not for a resumed or sharded loader)."""
+        if batch_key is None:
+            batch_key = self.calls
+        self.calls += 1
+        batch = pad_histories(windows, max_length=self.config.max_history_length)
+        in_batch = batch["history_movie_indices"][batch["history_mask"]]
+        generator = self.negative_generator(batch_key)
+        picks = torch.randint(len(self.negative_pool), (self.num_negatives,), generator=generator)
+        candidates = torch.unique(torch.cat((in_batch, self.negative_pool[picks])))
+        targets = int(batch["history_mask"].sum())
+        missed_in_batch = (1.0 - self.frequency_share[candidates]) ** targets
+        missed_uniform = torch.where(self.in_pool[candidates], (1.0 - 1.0 / len(self.negative_pool)) ** self.num_negatives, 1.0)
+        probability = 1.0 - missed_in_batch * missed_uniform
+        movie_inputs = self.catalog.inputs(candidates, config=self.config)
+        movie_inputs["log_q"] = torch.log(probability.clamp(min=1e-12)).float()
+        batch["movie_inputs"] = movie_inputs
+        return batch
+
+
+def movie_frequency(sequences: list[UserSequence], num_movies: int) -> np.ndarray:
+    counts = np.zeros(num_movies, dtype=np.int64)
+    if sequences:
+        np.add.at(counts, np.concatenate([s.movies for s in sequences]), 1)
+    return counts

@@ -1,0 +1,75 @@
+"""The frozen text encoder runs once per movie text: token states (float16) cached on disk, keyed by encoder name,
+revision, max length and text hash, and reused by training and every command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from fusionrec.io import atomic_save_safetensors, atomic_write_text
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("FUSIONREC_CACHE", Path.home() / ".cache" / "fusionrec")) / "text"
+
+
+def text_cache_dir(cache_root: str | os.PathLike, *, encoder_name: str, revision: str | None, max_length: int) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{encoder_name}@{revision or 'default'}")[-80:]
+    digest = hashlib.sha256(f"{encoder_name}\0{revision}\0{max_length}".encode()).hexdigest()[:12]
+    return Path(cache_root) / f"{slug}-{max_length}-{digest}"
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def build_text_cache(
+    texts: list[str],
+    *,
+    cache_root: str | os.PathLike,
+    encoder_name: str,
+    revision: str | None,
+    max_length: int,
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token states (movies, max_length, hidden) float16 and lengths for `texts`, computed only for texts not yet in
+    the cache (keyed by encoder name, revision, max length and text hash). The cache file is replaced atomically."""
+    from modeling_fusionrec import encode_texts, load_text_encoder
+
+    directory = text_cache_dir(cache_root, encoder_name=encoder_name, revision=revision, max_length=max_length)
+    directory.mkdir(parents=True, exist_ok=True)
+    index_path, states_path = directory / "index.json", directory / "states.safetensors"
+    known: dict[str, int] = json.loads(index_path.read_text()) if index_path.is_file() and states_path.is_file() else {}
+    stored = load_file(states_path) if known else {}
+    hashes = [text_hash(text) for text in texts]
+    missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in known}.items())
+    if missing:
+        encoder, tokenizer = load_text_encoder(encoder_name, revision=revision)
+        new_states, new_lengths = [], []
+        batches = range(0, len(missing), batch_size)
+        for start in tqdm(batches, desc="text cache", unit="batch", disable=not show_progress):
+            chunk = [text for _, text in missing[start : start + batch_size]]
+            states, mask = encode_texts(chunk, encoder=encoder, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size)
+            new_states.append(torch.nn.functional.pad(states, (0, 0, 0, max_length - states.shape[1])))
+            new_lengths.append(mask.sum(dim=1))
+        old_states = stored.get("states")
+        all_states = torch.cat(([old_states] if old_states is not None else []) + new_states)
+        all_lengths = torch.cat(([stored["lengths"]] if known else []) + new_lengths)
+        offset = len(known)
+        known.update({h: offset + i for i, (h, _) in enumerate(missing)})
+        stored = {"states": all_states.contiguous(), "lengths": all_lengths.contiguous()}
+        atomic_save_safetensors(stored, states_path)
+        atomic_write_text(index_path, json.dumps(known, sort_keys=True))
+    rows = torch.tensor([known[h] for h in hashes], dtype=torch.long)
+    if torch.equal(rows, torch.arange(len(stored["lengths"]))):
+        return stored["states"], stored["lengths"]  # the usual case (one catalog per cache): no second copy
+    return stored["states"][rows], stored["lengths"][rows]

@@ -1,0 +1,305 @@
+"""Full-ranking evaluation of a FusionModel on a prepared dataset (../shared/PROTOCOL.md).
+
+    python evaluate_fusionrec.py --model DIR_OR_ID --dataset DIR --split leave_one_out temporal cold_items \
+        [--stage test|validation] [--k 10 20] [--output results.json] [--index exact|faiss]
+
+Every example ranks the whole catalog (cold_items: the held-out movies only) with the user's whole history at that
+point excluded; Recall/NDCG/MRR/coverage@K and the rating head's RMSE are computed by the `evaluate` module in
+fusionrec/metrics/fusionrec_metrics (or its numpy functions with --metrics-backend numpy: same numbers). With
+--index faiss the top K comes from a FAISS inner-product index and its recall against exact search is reported as
+`faiss_recall_vs_exact@K` (1.0 for the default "Flat" index, below 1 for approximate factories such as HNSW32).
+
+Training's validation uses `rank_examples` and `evaluate_split` from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusionrec.cli import open_session, run_command
+from fusionrec.data.catalog import MovieCatalog
+from fusionrec.data.sequences import SPLITS, EvaluationExamples, evaluation_examples
+from fusionrec.errors import CommandError
+from fusionrec.io import atomic_write_text
+from fusionrec.metrics.fusionrec_metrics import ranking_metrics, rating_rmse
+from fusionrec.retrieval import ExactSearch, catalog_vectors, make_search, user_vectors
+
+METRICS_MODULE = Path(__file__).resolve().parent / "metrics" / "fusionrec_metrics"
+
+
+def history_exclusions(examples: EvaluationExamples) -> list[np.ndarray]:
+    """Per example, every movie in its history (all of it, not only the steps the user tower reads)."""
+    return [np.unique(history.movies).astype(np.int64) for history in examples.histories]
+
+
+@torch.no_grad()
+def rank_examples(
+    model,
+    examples: EvaluationExamples,
+    movie_vectors: torch.Tensor,
+    *,
+    k: int,
+    batch_size: int = 256,
+    search=None,
+    return_user_vectors: bool = False,
+):
+    """Top-k movie indices per example (-1 pads; history excluded, candidates restricted by the split) and the
+    rating head's prediction of each target. The user vector is read as of the target's time. `search` is an
+    ExactSearch (default) or FaissSearch over `movie_vectors`; `return_user_vectors` adds the user vectors."""
+    model.eval()
+    if search is None:
+        search = ExactSearch(movie_vectors, examples.candidate_mask)
+    exclusions = history_exclusions(examples)
+    ranked, predicted, users_out = [], [], []
+    for start in range(0, len(examples), batch_size):
+        part = slice(start, start + batch_size)
+        users = user_vectors(
+            model,
+            examples.histories[part],
+            movie_vectors,
+            as_of=examples.target_timestamps[part],
+            batch_size=batch_size,
+        )
+        indices, _ = search.search(users, exclusions[part], k)
+        ranked.append(indices)
+        targets = torch.from_numpy(examples.targets[part]).to(movie_vectors.device)
+        predicted.append(model.predict_rating(users, movie_vectors[targets]).float().cpu().numpy())
+        if return_user_vectors:
+            users_out.append(users)
+    if not ranked:
+        ranked, predicted = np.zeros((0, k), np.int64), np.zeros(0, np.float32)
+        users_out = [torch.zeros(0, movie_vectors.shape[1], device=movie_vectors.device)]
+    else:
+        ranked, predicted = np.concatenate(ranked), np.concatenate(predicted)
+    if return_user_vectors:
+        return ranked, predicted, torch.cat(users_out)
+    return ranked, predicted
+
+
+def candidate_positions(ranked: np.ndarray, targets: np.ndarray, candidate_mask: np.ndarray | None, num_movies: int):
+    """Re-index movies to 0..num_candidates-1 when a split ranks among a subset (cold_items), so coverage@K is the
+    share of the candidates shown; hit metrics do not change."""
+    if candidate_mask is None:
+        return ranked, targets, num_movies
+    candidates = np.flatnonzero(candidate_mask)
+    position = np.full(num_movies, -1, dtype=np.int64)
+    position[candidates] = np.arange(len(candidates))
+    ranked = np.where(ranked >= 0, position[np.clip(ranked, 0, None)], -1)
+    return ranked, position[targets], len(candidates)
+
+
+def compute_metrics(
+    ranked: np.ndarray,
+    predicted: np.ndarray,
+    examples: EvaluationExamples,
+    *,
+    num_movies: int,
+    k_values: Sequence[int] = (10, 20),
+    backend: str = "numpy",
+) -> dict[str, float]:
+    """PROTOCOL metrics of ranked lists: numpy functions (`backend="numpy"`) or the loaded `evaluate` module."""
+    ranked, targets, num_candidates = candidate_positions(ranked, examples.targets, examples.candidate_mask, num_movies)
+    if backend == "evaluate":
+        ranking, rmse = load_evaluate_metrics()
+        metrics = ranking.compute(
+            predictions=[row for row in ranked], references=targets, k_values=tuple(k_values), num_movies=num_candidates
+        )
+        if len(examples):
+            metrics.update(rmse.compute(predictions=predicted, references=examples.target_ratings))
+    elif backend == "numpy":
+        metrics = ranking_metrics(ranked, targets, k_values=k_values, num_movies=num_candidates)
+        if len(examples):
+            metrics["rmse"] = rating_rmse(predicted, examples.target_ratings)
+    else:
+        raise CommandError(f"unknown metrics backend {backend!r}; choose evaluate or numpy.")
+    return metrics
+
+
+_EVALUATE_MODULES: tuple | None = None
+
+
+def load_evaluate_metrics():
+    """The ranking and rmse configurations of metrics/fusionrec_metrics via `evaluate.load` (offline, loaded once)."""
+    global _EVALUATE_MODULES
+    if _EVALUATE_MODULES is None:
+        import evaluate
+
+        _EVALUATE_MODULES = (evaluate.load(str(METRICS_MODULE)), evaluate.load(str(METRICS_MODULE), "rmse"))
+    return _EVALUATE_MODULES
+
+
+def evaluate_split(
+    model,
+    catalog: MovieCatalog,
+    examples: EvaluationExamples,
+    *,
+    k_values: tuple[int, ...] = (10, 20),
+    movie_vectors: torch.Tensor | None = None,
+    batch_size: int = 256,
+    search=None,
+    backend: str = "numpy",
+) -> dict[str, float]:
+    """Recall/NDCG/MRR/coverage@K over the full catalog (or the split's candidates) and RMSE of the rating head."""
+    if movie_vectors is None:
+        movie_vectors = catalog_vectors(model, catalog)
+    ranked, predicted = rank_examples(
+        model, examples, movie_vectors, k=max(k_values), batch_size=batch_size, search=search
+    )
+    return compute_metrics(ranked, predicted, examples, num_movies=len(catalog), k_values=k_values, backend=backend)
+
+
+def recall_vs_exact(approximate: np.ndarray, exact: np.ndarray, k_values: Sequence[int]) -> dict[str, float]:
+    """Mean share of the exact top K that the approximate top K also returns."""
+    result = {}
+    for k in k_values:
+        shares = []
+        for fast, true in zip(approximate[:, :k], exact[:, :k], strict=True):
+            wanted = true[true >= 0]
+            if len(wanted):
+                shares.append(np.isin(wanted, fast).mean())
+        result[f"faiss_recall_vs_exact@{k}"] = float(np.mean(shares)) if shares else 1.0
+    return result
+
+
+# ----- the command -----
+
+TABLE_ORDER = ("recall", "ndcg", "mrr", "coverage")
+
+
+def format_table(results: dict[str, dict], k_values: Sequence[int]) -> str:
+    """Metric rows x split columns."""
+    splits = list(results)
+    names = ["examples"] + [f"{m}@{k}" for k in k_values for m in TABLE_ORDER] + ["rmse"]
+    extra = sorted({key for r in results.values() for key in r if key.startswith("faiss_recall_vs_exact")})
+    names += extra
+    width = max(len(n) for n in names)
+    columns = [max(len(s), 10) for s in splits]
+    lines = [f"{'metric':<{width}}  " + "  ".join(f"{s:>{w}}" for s, w in zip(splits, columns, strict=True))]
+    for name in names:
+        cells = []
+        for split, w in zip(splits, columns, strict=True):
+            value = results[split].get("num_examples" if name == "examples" else name)
+            if value is None:
+                cells.append(f"{'-':>{w}}")
+            elif name == "examples":
+                cells.append(f"{int(value):>{w},}")
+            else:
+                cells.append(f"{value:>{w}.4f}")
+        lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def evaluate_dataset(session, args) -> dict:
+    """Every requested split evaluated on one set of movie vectors."""
+    model, catalog = session.model, session.catalog
+    movie_vectors = session.movie_vectors()
+    cold = catalog.cold_item.numpy()
+    results = {}
+    k_values = tuple(args.k)
+    for split in args.split:
+        started = time.perf_counter()
+        examples = evaluation_examples(session.rows, split, args.stage, cold)
+        search = make_search(args.index, movie_vectors, examples.candidate_mask, faiss_factory=args.faiss_factory,
+            faiss_params=args.faiss_params,
+        )
+        ranked, predicted, users = rank_examples(
+            model, examples, movie_vectors, k=max(k_values), batch_size=args.batch_size, search=search,
+            return_user_vectors=True,
+        )
+        metrics = compute_metrics(
+            ranked, predicted, examples, num_movies=len(catalog), k_values=k_values, backend=args.metrics_backend
+        )
+        metrics["num_examples"] = len(examples)
+        metrics["num_candidates"] = len(catalog) if examples.candidate_mask is None else int(examples.candidate_mask.sum())
+        if args.index == "faiss":
+            metrics.update(faiss_recall(examples, ranked, users, movie_vectors, k_values, args))
+        metrics["seconds"] = round(time.perf_counter() - started, 3)
+        results[split] = metrics
+    return results
+
+
+def faiss_recall(examples, ranked, users, movie_vectors, k_values, args) -> dict:
+    """FAISS top K against exact search on (a seeded sample of at most --recall-sample) examples."""
+    count = len(examples)
+    rows = np.arange(count)
+    if count > args.recall_sample:
+        rows = np.sort(np.random.default_rng(0).choice(count, args.recall_sample, replace=False))
+    exact = ExactSearch(movie_vectors, examples.candidate_mask)
+    exclusions = history_exclusions(examples)
+    reference = [
+        exact.search(users[torch.from_numpy(rows[s : s + args.batch_size])], [exclusions[i] for i in rows[s : s + args.batch_size]], max(k_values))[0]
+        for s in range(0, len(rows), args.batch_size)
+    ]
+    reference = np.concatenate(reference) if reference else np.zeros((0, max(k_values)), np.int64)
+    result = recall_vs_exact(ranked[rows], reference, k_values)
+    result["faiss_recall_examples"] = len(rows)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Evaluate a fusionrec model on a prepared dataset with the full-ranking protocol (PROTOCOL.md).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="folder written by save_pretrained, or a Hub id")
+    parser.add_argument("--dataset", required=True, help="prepared dataset folder (prepare_dataset.py)")
+    parser.add_argument(
+        "--split", nargs="+", default=["leave_one_out"], choices=(*SPLITS, "all"), help="split(s) to evaluate"
+    )
+    parser.add_argument("--stage", choices=("test", "validation"), default="test")
+    parser.add_argument("--k", type=int, nargs="+", default=[10, 20], help="cut-offs K")
+    parser.add_argument("--output", type=Path, help="write the results as JSON here (atomically)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--index", choices=("exact", "faiss"), default="exact", help="top-K search")
+    parser.add_argument("--faiss-factory", default="Flat", help="faiss.index_factory string (inner product)")
+    parser.add_argument("--faiss-params", help='faiss search parameters, e.g. "efSearch=256" for HNSW')
+    parser.add_argument("--recall-sample", type=int, default=2000, help="examples checked against exact search")
+    parser.add_argument("--metrics-backend", choices=("evaluate", "numpy"), default="evaluate")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    parser.add_argument("--cache-dir", type=Path, help="text-cache root (default ~/.cache/fusionrec/text)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if "all" in args.split:
+        args.split = list(SPLITS)
+    args.split = list(dict.fromkeys(args.split))
+
+    def body() -> int:
+        if any(k <= 0 for k in args.k) or args.batch_size <= 0:
+            raise CommandError("--k and --batch-size must be positive integers.")
+        started = time.perf_counter()
+        session = open_session(
+            args.model, args.dataset, device=args.device, cache_dir=args.cache_dir,
+            batch_size=max(args.batch_size, 512), show_progress=not args.no_progress,
+        )
+        results = evaluate_dataset(session, args)
+        report = {
+            "model": str(args.model),
+            "dataset": str(args.dataset),
+            "stage": args.stage,
+            "k_values": list(args.k),
+            "index": args.index if args.index == "exact" else f"faiss:{args.faiss_factory}",
+            "metrics_backend": args.metrics_backend,
+            "protocol": "full ranking over the catalog (cold_items: the held-out movies), history excluded; PROTOCOL.md",
+            "num_movies": len(session.catalog),
+            "splits": results,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        print(f"{args.model} on {args.dataset} ({args.stage}, {report['index']} search)")
+        print(format_table(results, args.k))
+        if args.output:
+            atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+            print(f"wrote {args.output}")
+        return 0
+
+    return run_command(body)

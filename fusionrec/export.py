@@ -1,0 +1,222 @@
+"""Export every movie's and every user's vector (float16) with ids and titles.
+
+    python export_embeddings.py --model DIR_OR_ID --dataset DIR --output OUT \
+        [--as-of 2010-01-01 2015-01-01 ...] [--format parquet csv] [--chunk-size 50000]
+
+Writes into OUT:
+  movies.parquet                 movie_index, movie_id, tmdb_id, imdb_id, title, year, cold_item, vector
+  users.parquet                  (no --as-of) each user as of their last rating
+  users_as_of_YYYY-MM-DD.parquet (one per --as-of date) each user as of the end of that day (UTC)
+  manifest.json                  model, dataset, hidden size, files, dates
+User files hold user_index, user_id, as_of (the date, or "last"), as_of_timestamp (the query time, unix seconds),
+num_ratings (ratings read), vector. A user with no ratings yet at a date keeps a row (num_ratings 0): the vector of
+their user id alone. `vector` is a fixed-size list of float16; CSV files (--format csv) spread it over v0..v{d-1}.
+
+Every file is written to a temporary name and renamed. Users are computed in chunks of --chunk-size, each saved as
+a part file under OUT/.parts/; a rerun after an interruption skips the finished chunks (when the model, dataset,
+dates and chunk size are unchanged) and then combines the parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from fusionrec.cli import format_time, open_session, parse_date, run_command
+from fusionrec.errors import CommandError
+from fusionrec.io import atomic_write_text
+from fusionrec.retrieval import user_vectors
+
+PARTS = ".parts"
+
+
+def vector_array(vectors: torch.Tensor | np.ndarray) -> pa.FixedSizeListArray:
+    values = np.asarray(vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else vectors, dtype=np.float16)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=pa.float16()), values.shape[1])
+
+
+def write_table(table: pa.Table, path: Path, fmt: str) -> Path:
+    """Atomically write a table as parquet or CSV (vector -> v0..v{d-1} columns)."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if fmt == "parquet":
+        pq.write_table(table, temporary)
+    else:
+        import pyarrow.csv as pacsv
+
+        columns = {name: table[name] for name in table.column_names if name != "vector"}
+        if "vector" in table.column_names:
+            dim = table.schema.field("vector").type.list_size
+            flat = table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+            matrix = flat.reshape(-1, dim) if dim else np.zeros((len(table), 0), np.float32)
+            columns.update({f"v{i}": pa.array(matrix[:, i]) for i in range(dim)})
+        pacsv.write_csv(pa.table(columns), temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def movies_table(session, movie_vectors: torch.Tensor) -> pa.Table:
+    movies = session.movies
+    columns = {
+        "movie_index": pa.array(movies["movie_index"].to_numpy(), pa.int32()),
+        "movie_id": pa.array(movies["movie_id"], pa.int64(), from_pandas=True),
+        "tmdb_id": pa.array(movies["tmdb_id"], pa.int64(), from_pandas=True),
+        "imdb_id": pa.array(movies["imdb_id"], pa.string(), from_pandas=True),
+        "title": pa.array(session.catalog.titles, pa.string()),
+        "year": pa.array(session.catalog.years, pa.int32()),
+        "cold_item": pa.array(session.catalog.cold_item.numpy()),
+        "vector": vector_array(movie_vectors),
+    }
+    return pa.table(columns)
+
+
+def compute_user_chunk(session, rows: range, movie_vectors: torch.Tensor, as_of: int | None, batch_size: int) -> pa.Table:
+    """One chunk of the users table as of a time (None: each user's last rating)."""
+    sequences = [session.sequence(row) for row in rows]
+    vectors = user_vectors(session.model, sequences, movie_vectors, as_of=as_of, batch_size=batch_size)
+    if as_of is None:
+        counts = [len(s.movies) for s in sequences]
+        times = [int(s.timestamps[-1]) if len(s.timestamps) else None for s in sequences]
+        label = "last"
+    else:
+        counts = [int((s.timestamps <= as_of).sum()) for s in sequences]
+        times = [as_of] * len(sequences)
+        label = format_time(as_of)
+    return pa.table(
+        {
+            "user_index": pa.array([s.user_index for s in sequences], pa.int32()),
+            "user_id": pa.array(session.user_ids[rows.start : rows.stop], pa.int64()),
+            "as_of": pa.array([label] * len(sequences), pa.string()),
+            "as_of_timestamp": pa.array(times, pa.int64()),
+            "num_ratings": pa.array(counts, pa.int32()),
+            "vector": vector_array(vectors),
+        }
+    )
+
+
+def fingerprint(session, model_name: str, as_of: int | None, chunk_size: int) -> str:
+    """What a part file depends on: the weights, the config, the dataset spec, the date and the chunking."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([model_name, as_of, chunk_size, len(session.rows)]).encode())
+    digest.update(session.model.config.to_json_string(use_diff=False).encode())
+    digest.update(json.dumps(session.spec, sort_keys=True).encode())
+    for name, tensor in sorted(session.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_users(
+    session,
+    output: Path,
+    *,
+    stem: str,
+    as_of: int | None,
+    movie_vectors: torch.Tensor,
+    chunk_size: int,
+    batch_size: int,
+    key: str,
+    formats: Sequence[str],
+    show_progress: bool,
+) -> list[Path]:
+    """Users as of one time, chunk by chunk into resumable part files, then combined into the final file(s)."""
+    parts = output / PARTS / stem
+    stamp = parts / "fingerprint.txt"
+    if parts.exists() and (not stamp.is_file() or stamp.read_text() != key):
+        shutil.rmtree(parts)  # parts of another model, dataset, date or chunking: start over
+    parts.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, key)
+    total = len(session.rows)
+    chunks = [range(start, min(start + chunk_size, total)) for start in range(0, total, chunk_size)]
+    bar = tqdm(total=total, desc=f"users ({stem})", unit="user", disable=not show_progress)
+    for number, rows in enumerate(chunks):
+        path = parts / f"part-{number:05d}.parquet"
+        if not path.is_file():
+            write_table(compute_user_chunk(session, rows, movie_vectors, as_of, batch_size), path, "parquet")
+        bar.update(len(rows))
+    bar.close()
+    tables = [pq.read_table(parts / f"part-{number:05d}.parquet") for number in range(len(chunks))]
+    table = pa.concat_tables(tables) if tables else compute_user_chunk(session, range(0), movie_vectors, as_of, batch_size)
+    written = [write_table(table, output / f"{stem}.{fmt}", fmt) for fmt in formats]
+    shutil.rmtree(parts)
+    return written
+
+
+def export(args, *, session=None) -> dict:
+    output = Path(args.output)
+    dates = [(text, parse_date(text)) for text in (args.as_of or [])]
+    if args.chunk_size <= 0 or args.batch_size <= 0:
+        raise CommandError("--chunk-size and --batch-size must be positive integers.")
+    if session is None:
+        session = open_session(
+            args.model, args.dataset, device=args.device, cache_dir=args.cache_dir,
+            batch_size=args.batch_size, show_progress=not args.no_progress,
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    movie_vectors = session.movie_vectors()
+    formats = list(dict.fromkeys(args.format))
+    files = [write_table(movies_table(session, movie_vectors), output / f"movies.{fmt}", fmt) for fmt in formats]
+    targets = [("users", None)] if not dates else [(f"users_as_of_{format_time(t)}", t) for _, t in dates]
+    for stem, as_of in targets:
+        key = fingerprint(session, str(args.model), as_of, args.chunk_size)
+        files += export_users(
+            session, output, stem=stem, as_of=as_of, movie_vectors=movie_vectors, chunk_size=args.chunk_size,
+            batch_size=args.batch_size, key=key, formats=formats, show_progress=not args.no_progress,
+        )
+    parts_root = output / PARTS
+    if parts_root.is_dir() and not any(parts_root.iterdir()):
+        parts_root.rmdir()
+    manifest = {
+        "model": str(args.model),
+        "dataset": str(args.dataset),
+        "hidden_size": int(movie_vectors.shape[1]),
+        "dtype": "float16",
+        "num_movies": len(session.catalog),
+        "num_users": len(session.rows),
+        "as_of": [format_time(t) for _, t in dates] or ["last rating"],
+        "files": sorted(path.name for path in files),
+    }
+    atomic_write_text(output / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="folder written by save_pretrained, or a Hub id")
+    parser.add_argument("--dataset", required=True, help="prepared dataset folder the model was trained on")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--as-of", nargs="+", help="YYYY-MM-DD dates; users as of the end of each (UTC)")
+    parser.add_argument("--format", nargs="+", choices=("parquet", "csv"), default=["parquet"])
+    parser.add_argument("--chunk-size", type=int, default=50_000, help="users per resumable part file")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-dir", help="text-cache root (default ~/.cache/fusionrec/text)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        manifest = export(args)
+        print(
+            f"wrote {args.output}: {manifest['num_movies']:,} movies and {manifest['num_users']:,} users "
+            f"x {len(manifest['as_of'])} date(s), {manifest['hidden_size']}-dim float16: {', '.join(manifest['files'])}"
+        )
+        return 0
+
+    return run_command(body)

@@ -1,0 +1,176 @@
+"""From a model and a catalog to rankings: every movie's vector, user vectors "as of" a time, and top-K search
+(exact batched matmul, or FAISS) with each user's history excluded. Shared by training's validation, evaluation,
+recommendations and the export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fusionrec.data.catalog import MovieCatalog
+from fusionrec.data.sequences import UserSequence, history_until, pad_histories
+from fusionrec.errors import CommandError, one_line
+
+
+def to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: to_device(inner, device) for key, inner in value.items()}
+    return value
+
+
+@torch.no_grad()
+def catalog_vectors(model, catalog: MovieCatalog, *, batch_size: int = 512, show_progress: bool = False) -> torch.Tensor:
+    """Every movie's vector (num_movies, hidden), float32, computed once per command."""
+    model.eval()
+    vectors = []
+    for start in tqdm(range(0, len(catalog), batch_size), desc="movie vectors", disable=not show_progress):
+        indices = torch.arange(start, min(start + batch_size, len(catalog)))
+        inputs = to_device(catalog.inputs(indices, config=model.config), model.device)
+        vectors.append(model.calculate_movie_feature(**inputs).float())
+    return torch.cat(vectors) if vectors else torch.zeros(0, model.config.hidden_size)
+
+
+@torch.no_grad()
+def user_vectors(
+    model,
+    sequences: Sequence[UserSequence],
+    movie_vectors: torch.Tensor,
+    *,
+    as_of: int | np.ndarray | None = None,
+    batch_size: int = 256,
+    user_indices: bool = True,
+) -> torch.Tensor:
+    """User vectors (len(sequences), hidden), float32, as of one time for all, one per sequence, or (None) each
+    user's last rating. Ratings after `as_of` are dropped BEFORE keeping the most recent max_history_length steps, so
+    a long history read as of an early date still sees its last steps before that date. `user_indices=False` reads
+    every sequence as the unknown user (index 0)."""
+    model.eval()
+    device = movie_vectors.device
+    times = None if as_of is None else np.broadcast_to(np.asarray(as_of, dtype=np.int64), (len(sequences),))
+    parts = []
+    for start in range(0, len(sequences), batch_size):
+        stop = min(start + batch_size, len(sequences))
+        chunk = [history_until(s, None if times is None else int(times[i])) for i, s in zip(range(start, stop), sequences[start:stop], strict=True)]
+        batch = to_device(pad_histories(chunk, max_length=model.config.max_history_length), device)
+        users = batch.pop("user_indices") if user_indices else None
+        batch.pop("user_indices", None)
+        query = None if times is None else torch.from_numpy(np.array(times[start:stop], dtype=np.int64)).to(device)
+        parts.append(
+            model.calculate_user_feature(**batch, movie_vectors=movie_vectors, user_indices=users, as_of=query).float()
+        )
+    return torch.cat(parts) if parts else torch.zeros(0, movie_vectors.shape[1], device=device)
+
+
+class ExactSearch:
+    """Exact top-K by batched matmul over the catalog (or the candidate movies)."""
+
+    name = "exact"
+
+    def __init__(self, movie_vectors: torch.Tensor, candidate_mask: np.ndarray | None = None) -> None:
+        self.movie_vectors = movie_vectors.float()
+        self.blocked = None
+        if candidate_mask is not None:
+            self.blocked = ~torch.as_tensor(np.asarray(candidate_mask, dtype=bool), device=movie_vectors.device)
+
+    @torch.no_grad()
+    def search(self, users: torch.Tensor, exclude: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, scores) of shape (batch, k), best first; -1 / -inf pad rows with fewer than k candidates."""
+        scores = users.float().to(self.movie_vectors.device) @ self.movie_vectors.T
+        if self.blocked is not None:
+            scores.masked_fill_(self.blocked, float("-inf"))
+        rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
+        if len(rows):
+            columns = torch.from_numpy(np.concatenate(exclude).astype(np.int64)).to(scores.device)
+            scores[torch.from_numpy(rows).to(scores.device), columns] = float("-inf")
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        return _pad_results(top.indices.cpu().numpy(), top.values.cpu().numpy(), k)
+
+
+class FaissSearch:
+    """Top-K from a FAISS inner-product index over the movie vectors (cosine: the vectors are L2-normalised). Fetches
+    k + (the most history movies of any user in the batch) and then drops each user's history, so exclusion never
+    leaves fewer than k results. `factory` is a faiss.index_factory string: "Flat" (exact) or e.g. "HNSW32"."""
+
+    name = "faiss"
+
+    def __init__(
+        self,
+        movie_vectors: torch.Tensor,
+        candidate_mask: np.ndarray | None = None,
+        *,
+        factory: str = "Flat",
+        params: str | None = None,
+    ) -> None:
+        try:
+            import faiss
+        except ImportError as error:
+            raise CommandError("--index faiss needs the faiss package: pip install faiss-cpu (or use --index exact).") from error
+        vectors = movie_vectors.detach().float().cpu().numpy()
+        self.ids = (
+            np.arange(len(vectors), dtype=np.int64)
+            if candidate_mask is None
+            else np.flatnonzero(np.asarray(candidate_mask, dtype=bool)).astype(np.int64)
+        )
+        self.is_candidate = np.zeros(len(vectors), dtype=bool)
+        self.is_candidate[self.ids] = True
+        chosen = np.ascontiguousarray(vectors[self.ids])
+        try:
+            self.index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as error:
+            raise CommandError(f"--faiss-factory {factory!r}: faiss cannot build it ({one_line(error)[:200]}).") from error
+        if not self.index.is_trained:
+            self.index.train(chosen)
+        self.index.add(chosen)
+        if params:  # search-time settings, e.g. "efSearch=256" (HNSW) or "nprobe=16" (IVF)
+            try:
+                faiss.ParameterSpace().set_index_parameters(self.index, params)
+            except RuntimeError as error:
+                raise CommandError(f"--faiss-params {params!r}: {one_line(error)[:200]}") from error
+        self.factory = factory
+
+    def search(self, users: torch.Tensor, exclude: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        exclude = [e[self.is_candidate[e]] for e in exclude]
+        fetch = min(k + max((len(e) for e in exclude), default=0), len(self.ids))
+        queries = np.ascontiguousarray(users.detach().float().cpu().numpy())
+        if fetch == 0:
+            return _pad_results(np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32), k)
+        scores, positions = self.index.search(queries, fetch)
+        found = np.where(positions >= 0, self.ids[np.clip(positions, 0, None)], -1)
+        indices = np.full((len(queries), k), -1, dtype=np.int64)
+        values = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for row, seen in enumerate(exclude):
+            keep = (found[row] >= 0) & ~np.isin(found[row], seen)
+            picked = found[row][keep][:k]
+            indices[row, : len(picked)] = picked
+            values[row, : len(picked)] = scores[row][keep][:k]
+        return indices, values
+
+
+def _pad_results(indices: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    indices = np.where(np.isfinite(scores), indices, -1).astype(np.int64)
+    if indices.shape[1] < k:
+        pad = k - indices.shape[1]
+        indices = np.pad(indices, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return indices, scores.astype(np.float32)
+
+
+def make_search(
+    kind: str,
+    movie_vectors: torch.Tensor,
+    candidate_mask: np.ndarray | None = None,
+    *,
+    faiss_factory: str = "Flat",
+    faiss_params: str | None = None,
+):
+    if kind == "exact":
+        return ExactSearch(movie_vectors, candidate_mask)
+    if kind == "faiss":
+        return FaissSearch(movie_vectors, candidate_mask, factory=faiss_factory, params=faiss_params)
+    raise CommandError(f"unknown index {kind!r}; choose exact or faiss.")

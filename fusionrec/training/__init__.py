@@ -1,0 +1,1 @@
+"""Training stage: options -> batches -> loop, with checkpoints; `loop.main` is `train_accelerate.py`."""

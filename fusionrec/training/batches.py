@@ -1,0 +1,115 @@
+"""What the training loop reads: the catalog, training windows and validation events of a split, and keyed batches,
+so the data order is a pure function of (seed, epoch) and each batch's negatives of (seed, epoch, batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fusionrec.data.catalog import load_catalog
+from fusionrec.data.collator import movie_frequency
+from fusionrec.data.loading import load_tables
+from fusionrec.data.sequences import (
+    evaluation_examples,
+    read_sequences,
+    subset_examples,
+    train_sequence,
+    training_windows,
+)
+
+
+class EpochBatchSampler:
+    """Batches of window indices; epoch e's order is a permutation seeded by (seed, e) alone, so any step can be
+    reproduced without replaying the run. Yields (epoch, batch_number, window_index) keys. The number of batches
+    is a multiple of `num_processes` so every process gets the same count (no padding duplicates)."""
+
+    def __init__(self, num_windows: int, *, batch_size: int, seed: int, num_processes: int = 1) -> None:
+        self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
+        self.num_processes = num_processes
+        self.drop_last = True
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_windows // self.batch_size // self.num_processes * self.num_processes
+
+    def __iter__(self):
+        epoch = self.epoch
+        order = torch.randperm(self.num_windows, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        for number in range(len(self)):
+            chunk = order[number * self.batch_size : (number + 1) * self.batch_size].tolist()
+            yield [(epoch, number, index) for index in chunk]
+
+
+class KeyedWindows(torch.utils.data.Dataset):
+    def __init__(self, windows: list) -> None:
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, key):
+        epoch, number, index = key
+        return (epoch, number), self.windows[index]
+
+
+class KeyedCollator:
+    """Unpacks (batch key, window) items and asks the TrainingCollator for negatives keyed by (epoch, batch)."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+
+    def __call__(self, items):
+        keys = {key for key, _ in items}
+        if len(keys) != 1:
+            raise RuntimeError(f"a batch mixes batch keys {sorted(keys)}")
+        batch = self.collator([window for _, window in items], batch_key=keys.pop())
+        batch["num_windows"] = torch.tensor(len(items))
+        return batch
+
+
+@dataclass
+class TrainingData:
+    catalog: object
+    spec: dict
+    windows: list
+    validation: object
+    negative_pool: np.ndarray
+    frequency: np.ndarray
+    num_train_targets: int
+
+
+def load_training_data(args, config, accelerator) -> TrainingData:
+    # The main process builds the text cache first (once per movie); the others then read it from disk.
+    with accelerator.main_process_first():
+        catalog, spec = load_catalog(
+            args.dataset,
+            config,
+            cache_root=args.text_cache_dir,
+            show_progress=accelerator.is_main_process and not args.no_progress,
+        )
+        _, sequences = load_tables(args.dataset)
+    rows = read_sequences(sequences)
+    cold = catalog.cold_item.numpy()
+    train = [train_sequence(row, args.split, cold) for row in rows]
+    train = [sequence for sequence in train if len(sequence.movies)]
+    windows = training_windows(train, window=config.max_history_length)
+    validation = evaluation_examples(rows, args.split, "validation", cold)
+    if args.max_eval_users is not None and len(validation) > args.max_eval_users:
+        validation = subset_examples(validation, slice(0, args.max_eval_users))
+    pool = np.flatnonzero(~cold) if args.split == "cold_items" else np.arange(len(catalog))
+    frequency = movie_frequency(train, len(catalog))
+    return TrainingData(
+        catalog=catalog,
+        spec=spec,
+        windows=windows,
+        validation=validation,
+        negative_pool=pool,
+        frequency=frequency,
+        num_train_targets=int(sum(len(w.movies) for w in windows)),
+    )

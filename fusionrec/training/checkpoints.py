@@ -1,0 +1,150 @@
+"""Checkpoints of a training run: `accelerator.save_state` folders for exact resume (OUTPUT_DIR/checkpoints/step_N,
+with the loop's own state), and the `save_pretrained` folders best/ and final/ with their model card, each swapped
+into place atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from fusionrec.io import atomic_replace_dir
+from fusionrec.training.options import UsageError
+
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_root(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
+    return sorted(found)
+
+
+def resolve_resume(args) -> Path | None:
+    if args.resume_from_checkpoint is None:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        found = list_checkpoints(args.output_dir)
+        if not found:
+            raise UsageError(f"--resume-from-checkpoint latest: no step_N checkpoint in {checkpoint_root(args.output_dir)}")
+        return found[-1][1]
+    path = Path(args.resume_from_checkpoint)
+    if not (path / "trainer_state.json").is_file():
+        raise UsageError(f"--resume-from-checkpoint {path}: not a training checkpoint (no trainer_state.json)")
+    return path
+
+
+class TrainerState:
+    """Loop position and early-stopping state, saved with every checkpoint (register_for_checkpointing)."""
+
+    def __init__(self) -> None:
+        self.global_step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.evaluations_without_improvement = 0
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def save_checkpoint(accelerator, args, state: TrainerState, config) -> Path:
+    """accelerator.save_state into a temporary folder, renamed to step_N once complete; old ones pruned."""
+    root = checkpoint_root(args.output_dir)
+    final = root / f"step_{state.global_step}"
+    temporary = root / f".tmp-step_{state.global_step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(temporary, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        config.save_pretrained(temporary)
+        (temporary / "trainer_state.json").write_text(json.dumps(state.state_dict(), indent=1), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)
+        for _, old in list_checkpoints(args.output_dir)[: -args.checkpoints_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def model_card(args, config, spec: dict, *, kind: str, step: int, metrics: dict, state: TrainerState) -> str:
+    metric_rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items()) if isinstance(value, float))
+    settings = {
+        key: (str(value) if isinstance(value, Path) else value)
+        for key, value in vars(args).items()
+        if not key.startswith("_") and key not in ("hub_token",)
+    }
+    counts = spec.get("counts", {})
+    return f"""---
+library_name: transformers
+pipeline_tag: feature-extraction
+tags:
+- fusionrec
+- recommender
+- movies
+---
+
+# FusionRec ({kind} checkpoint, step {step})
+
+A two-tower movie recommender (content + frozen-text-encoder movie tower, causal-Transformer user tower) trained by
+`train_accelerate.py`. Load it with:
+
+```python
+from transformers import AutoModel
+model = AutoModel.from_pretrained("<this folder or repo>", trust_remote_code=True)
+```
+
+## Dataset
+- folder: `{args.dataset}` (source: {spec.get('source', 'unknown')}); {spec.get('num_movies')} movies,
+  {int(spec.get('num_users', 1)) - 1} users, {counts.get('ratings_kept', 'n/a')} ratings
+- split: `{args.split}`; validation metrics below are full-ranking over the catalog (history excluded)
+- text encoder: `{config.text_encoder_name_or_path if config.use_text else 'none (--no-text)'}`
+  (revision {config.text_encoder_revision}, {config.text_max_length} tokens; not stored in this checkpoint)
+
+## Validation metrics ({kind}, step {step}; best step {state.best_step})
+| metric | value |
+|---|---|
+{metric_rows or '| (none) | |'}
+
+## Training settings
+```json
+{json.dumps(settings, indent=1, sort_keys=True, default=str)}
+```
+"""
+
+
+def save_model(accelerator, model, args, config, spec, *, kind: str, step: int, metrics: dict, state) -> Path | None:
+    """save_pretrained (safetensors, config, remote code) + model card into OUTPUT_DIR/<kind>, atomically."""
+    if not accelerator.is_main_process:
+        return None
+    target = Path(args.output_dir) / kind
+    temporary = Path(args.output_dir) / f".{kind}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(temporary, safe_serialization=True)
+    (temporary / "README.md").write_text(
+        model_card(args, config, spec, kind=kind, step=step, metrics=metrics, state=state), encoding="utf-8"
+    )
+    (temporary / "training_metrics.json").write_text(
+        json.dumps({"kind": kind, "step": step, "metrics": metrics}, indent=1), encoding="utf-8"
+    )
+    atomic_replace_dir(temporary, target)
+    return target

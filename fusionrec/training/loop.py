@@ -1,0 +1,390 @@
+"""The training loop: one Accelerate loop for CPU, one GPU and many, with validation sharded across processes,
+checkpoints for exact resume, best/final `save_pretrained` folders and the background Hub upload; and `main`, the
+`train_accelerate.py` / `fusionrec-train` command.
+
+    accelerate launch train_accelerate.py --dataset data/prepared/synthetic --output-dir outputs/demo \\
+        --text-encoder sentence-transformers/all-MiniLM-L6-v2
+
+Writes OUTPUT_DIR/checkpoints/step_N (accelerator.save_state, for --resume-from-checkpoint), OUTPUT_DIR/best (the
+checkpoint with the best validation NDCG@10) and OUTPUT_DIR/final (the last weights), both `save_pretrained` folders
+with safetensors weights, config, remote code and a model card; OUTPUT_DIR/logs (tensorboard) and
+OUTPUT_DIR/train_summary.json. Exact resume: the data order is a pure function of (seed, epoch), the negatives of
+(seed, epoch, batch), and the RNG/optimizer/scheduler states come back with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusionrec.data.collator import TrainingCollator
+from fusionrec.data.loading import check_compatible, load_feature_spec
+from fusionrec.data.sequences import subset_examples
+from fusionrec.errors import DatasetError, first_line
+from fusionrec.hub import HubUploader
+from fusionrec.training.batches import EpochBatchSampler, KeyedCollator, KeyedWindows, load_training_data
+from fusionrec.training.checkpoints import TrainerState, resolve_resume, save_checkpoint, save_model
+from fusionrec.training.options import PROGRAM, UsageError, build_config, parse_args
+
+
+def evaluate(accelerator, model, catalog, examples, *, k_values=(10, 20)) -> dict[str, float]:
+    """Validation metrics, sharded across processes (fixed-size top-K gathered)."""
+    # Imported on first use: the metric module loads `evaluate` and `datasets`, which `--help` need not wait for.
+    from fusionrec.evaluation import evaluate_split, rank_examples
+    from fusionrec.metrics.fusionrec_metrics import ranking_metrics, rating_rmse
+    from fusionrec.retrieval import catalog_vectors
+
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    try:
+        if accelerator.num_processes == 1:
+            return evaluate_split(unwrapped, catalog, examples, k_values=k_values)
+        from accelerate.utils import gather_object
+
+        vectors = catalog_vectors(unwrapped, catalog)
+        size = math.ceil(len(examples) / accelerator.num_processes)
+        part = slice(accelerator.process_index * size, (accelerator.process_index + 1) * size)
+        ranked, predicted = rank_examples(unwrapped, subset_examples(examples, part), vectors, k=max(k_values))
+        ranked = np.concatenate(gather_object([ranked]))
+        predicted = np.concatenate(gather_object([predicted]))
+        num_candidates = len(catalog) if examples.candidate_mask is None else int(examples.candidate_mask.sum())
+        metrics = ranking_metrics(ranked, examples.targets, k_values=k_values, num_movies=num_candidates)
+        if len(examples):
+            metrics["rmse"] = rating_rmse(predicted, examples.target_ratings)
+        return metrics
+    finally:
+        unwrapped.train(was_training)
+
+
+# ----- optimisation -----
+
+
+def build_optimizer(model, args):
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        is_plain = parameter.dim() < 2 or "norm" in name or name.endswith(".bias") or "latents" in name
+        (no_decay if is_plain else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def scalar_hparams(args) -> dict:
+    values = {}
+    for key, value in vars(args).items():
+        if key.startswith("_") or key == "hub_token":
+            continue
+        values[key] = value if isinstance(value, int | float | str | bool) else str(value)
+    return values
+
+
+# ----- the training loop -----
+
+
+def rng_neutral(loader):
+    """Iterate `loader`, undoing whatever its iterator set-up draws from the global torch RNG (a DataLoader draws a
+    base seed per iterator). Dropout then sees the same RNG stream whether or not the run was resumed mid-epoch."""
+    state = torch.get_rng_state()
+    iterator = iter(loader)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        return
+    finally:
+        torch.set_rng_state(state)
+    yield first
+    yield from iterator
+
+
+def use_cpu(args) -> bool:
+    """CPU when asked, or when launched as several processes on a machine without an accelerator: accelerate's
+    torchrun launcher does not pass `use_cpu` on, and without it each CPU process would train alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    return bool(args.cpu) or (world_size > 1 and not has_accelerator)
+
+
+def train(args: argparse.Namespace, *, hub_api=None) -> dict:
+    """Run one training job; returns a summary dict (also written to OUTPUT_DIR/train_summary.json)."""
+    # Bad input stops here, before any process group or tracker starts.
+    spec = load_feature_spec(args.dataset)
+    args._resume_dir = resolve_resume(args)
+    if args.init_from is not None and not (Path(args.init_from) / "config.json").is_file():
+        raise UsageError(f"--init-from {args.init_from}: no config.json (expected a save_pretrained folder)")
+    config = build_config(args, spec)
+    check_compatible(config, spec, dataset_dir=args.dataset)
+
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from modeling_fusionrec import FusionModel
+
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        cpu=use_cpu(args),
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(even_batches=True),
+    )
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    say = accelerator.print
+
+    data = load_training_data(args, config, accelerator)
+    if not data.windows:
+        raise UsageError(f"--dataset {args.dataset}: no training events under split {args.split}")
+
+    if args.init_from is not None:
+        model = FusionModel.from_pretrained(args.init_from, config=config)
+    else:
+        model = FusionModel(config)
+    model.train()
+
+    collator = TrainingCollator(
+        data.catalog,
+        config=config,
+        movie_frequency=data.frequency,
+        negative_pool=data.negative_pool,
+        num_negatives=args.num_negatives,
+        seed=args.seed,
+    )
+    sampler = EpochBatchSampler(
+        len(data.windows), batch_size=args.batch_size, seed=args.seed, num_processes=accelerator.num_processes
+    )
+    if len(sampler) == 0:
+        raise UsageError(
+            f"--batch-size {args.batch_size}: larger than the {len(data.windows)} training windows per process"
+        )
+    # Its own generator: otherwise each new epoch iterator draws its base seed from the global torch RNG, and a
+    # resumed run (one extra iterator) would drift from the uninterrupted one's dropout masks.
+    loader = torch.utils.data.DataLoader(
+        KeyedWindows(data.windows),
+        batch_sampler=sampler,
+        collate_fn=KeyedCollator(collator),
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    optimizer = build_optimizer(model, args)
+    warmup = args.warmup_steps if args.warmup_steps is not None else math.ceil(0.05 * args.max_steps)
+    # AcceleratedScheduler steps once per process per optimizer step (split_batches=False): scale to match.
+    scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=warmup * accelerator.num_processes,
+        num_training_steps=args.max_steps * accelerator.num_processes,
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    state = TrainerState()
+    accelerator.register_for_checkpointing(state)
+
+    if args._resume_dir is not None:
+        say(f"resuming from {args._resume_dir}")
+        accelerator.load_state(str(args._resume_dir))
+    steps_per_epoch = max(1, len(loader) // args.gradient_accumulation_steps)
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers("fusionrec", config=scalar_hparams(args))
+    hub = None
+    if args.push_to_hub and accelerator.is_main_process:
+        if hub_api is None:
+            from huggingface_hub import HfApi
+
+            hub_api = HfApi(token=args.hub_token)
+        hub = HubUploader(
+            hub_api,
+            args.hub_model_id,
+            staging_root=output_dir / ".hub-staging",
+            private=args.hub_private,
+            attempts=args.hub_retries,
+            backoff=args.hub_retry_backoff,
+            report=lambda line: print(line, flush=True),
+        )
+
+    say(
+        f"training on {accelerator.num_processes} process(es), {accelerator.device}: {len(data.windows)} windows "
+        f"({data.num_train_targets} targets), {len(loader)} batches/epoch/process, {args.max_steps} steps, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    )
+    stop_at = min(args.max_steps, args.stop_at_step or args.max_steps)
+    progress = tqdm(
+        total=args.max_steps, initial=state.global_step, desc="train", unit="step",
+        disable=not accelerator.is_local_main_process or args.no_progress,
+    )
+    last_metrics: dict[str, float] = {}
+    window_count = torch.zeros((), dtype=torch.long)
+    target_count = torch.zeros((), dtype=torch.long)
+    interval_start = time.perf_counter()
+    loss_sums = {"loss": 0.0, "retrieval_loss": 0.0, "rating_loss": 0.0}
+    loss_batches = 0
+    started = time.perf_counter()
+    train_seconds = 0.0
+    stopped_early = False
+
+    def run_evaluation() -> None:
+        nonlocal last_metrics
+        metrics = evaluate(accelerator, model, data.catalog, data.validation)
+        last_metrics = metrics
+        state.history.append({"step": state.global_step, **metrics})
+        accelerator.log({f"validation/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=state.global_step)
+        score = metrics.get("ndcg@10", 0.0)
+        say(
+            f"step {state.global_step}: validation ndcg@10 {score:.4f} recall@10 {metrics.get('recall@10', 0):.4f} "
+            f"mrr@10 {metrics.get('mrr@10', 0):.4f} coverage@10 {metrics.get('coverage@10', 0):.3f} "
+            f"rmse {metrics.get('rmse', float('nan')):.3f}"
+        )
+        if state.best_metric is None or score > state.best_metric:
+            state.best_metric, state.best_step = score, state.global_step
+            state.evaluations_without_improvement = 0
+            saved = save_model(accelerator, model, args, config, data.spec, kind="best", step=state.global_step,
+                               metrics=metrics, state=state)
+            if hub is not None and saved is not None:
+                hub.submit(saved, path_in_repo="", message=f"best: step {state.global_step}, validation ndcg@10 {score:.4f}")
+        else:
+            state.evaluations_without_improvement += 1
+
+    last_eval_step = -1
+    while state.global_step < stop_at and not stopped_early:
+        # accelerate's loaders keep their own epoch counter and push it into the batch sampler on every __iter__:
+        # set it on each loader (a resumed run's skip-loader is a separate object), then on the sampler itself.
+        loader.set_epoch(state.epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+        epoch_loader.set_epoch(state.epoch)
+        sampler.set_epoch(state.epoch)
+        for batch in rng_neutral(epoch_loader):
+            step_start = time.perf_counter()
+            num_windows = batch.pop("num_windows")
+            with accelerator.accumulate(model):
+                outputs = model(
+                    batch["history_movie_indices"],
+                    batch["history_ratings"],
+                    batch["history_timestamps"],
+                    batch["history_mask"],
+                    movie_inputs=batch["movie_inputs"],
+                    user_indices=batch["user_indices"],
+                )
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batches_in_epoch += 1
+            if state.batches_in_epoch >= len(loader):  # the epoch is complete: a checkpoint resumes at the next one
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+            window_count += num_windows.cpu()
+            target_count += batch["history_mask"].sum().cpu()
+            for key in loss_sums:
+                loss_sums[key] += float(getattr(outputs, key).detach())
+            loss_batches += 1
+            train_seconds += time.perf_counter() - step_start
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            progress.update(1)
+            if hub is not None:
+                hub.poll()
+            at_end = state.global_step >= stop_at
+            if args.logging_steps and state.global_step % args.logging_steps == 0 or at_end:
+                counts = accelerator.reduce(torch.stack((window_count, target_count)).to(accelerator.device), "sum")
+                seconds = max(time.perf_counter() - interval_start, 1e-9)
+                logs = {f"train/{k}": v / max(loss_batches, 1) for k, v in loss_sums.items()}
+                logs.update({
+                    "train/learning_rate": scheduler.get_last_lr()[0],
+                    "train/epoch": state.epoch + state.batches_in_epoch / len(loader),
+                    "throughput/sequences_per_second": float(counts[0]) / seconds,
+                    "throughput/targets_per_second": float(counts[1]) / seconds,
+                })
+                accelerator.log(logs, step=state.global_step)
+                progress.set_postfix(loss=f"{logs['train/loss']:.3f}", seq_s=f"{logs['throughput/sequences_per_second']:.0f}")
+                state.history.append({"step": state.global_step, **{k: float(v) for k, v in logs.items()}})
+                window_count.zero_()
+                target_count.zero_()
+                loss_sums = dict.fromkeys(loss_sums, 0.0)
+                loss_batches = 0
+                interval_start = time.perf_counter()
+            if args.eval_steps and state.global_step % args.eval_steps == 0:
+                run_evaluation()
+                last_eval_step = state.global_step
+                interval_start = time.perf_counter()
+                if args.patience and state.evaluations_without_improvement >= args.patience:
+                    say(f"early stopping: no better validation ndcg@10 in {args.patience} evaluations")
+                    stopped_early = True
+            periodic = args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0
+            preempted = at_end and state.global_step < args.max_steps
+            if periodic or preempted or (args.checkpointing_steps and (at_end or stopped_early)):
+                save_checkpoint(accelerator, args, state, config)
+            if at_end or stopped_early:
+                break
+    progress.close()
+
+    finished = state.global_step >= args.max_steps or stopped_early
+    if finished and last_eval_step != state.global_step:
+        run_evaluation()
+    summary = {
+        "global_step": state.global_step,
+        "finished": finished,
+        "stopped_early": stopped_early,
+        "best_step": state.best_step,
+        "best_validation_ndcg@10": state.best_metric,
+        "last_validation": last_metrics,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "num_processes": accelerator.num_processes,
+        "steps_per_epoch": steps_per_epoch,
+        "output_dir": str(output_dir),
+        "history": state.history,
+    }
+    if finished:
+        final = save_model(accelerator, model, args, config, data.spec, kind="final", step=state.global_step,
+                           metrics=last_metrics, state=state)
+        if hub is not None and final is not None:
+            hub.submit(final, path_in_repo="final", message=f"final: step {state.global_step}")
+    if hub is not None:
+        summary["hub_ok"] = hub.finish()
+        summary["hub_failed"] = [upload.name for upload in hub.failed]
+        summary["hub_uploaded"] = [upload.name for upload in hub.done]
+        shutil.rmtree(output_dir / ".hub-staging", ignore_errors=True)
+    if accelerator.is_main_process:
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # DDP's reducer holds the gloo group, and freeing it after a peer has exited can hang forever: free it on
+        # every rank while all are alive, then shut gloo down together.
+        del model, optimizer, loader, scheduler
+        accelerator.free_memory()
+        gc.collect()
+        accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
+    say(f"done: step {state.global_step}, best validation ndcg@10 {state.best_metric} at step {state.best_step}, "
+        f"{summary['wall_seconds']:.0f}s")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None, *, hub_api=None) -> int:
+    try:
+        args = parse_args(argv)
+        summary = train(args, hub_api=hub_api)
+    except (UsageError, DatasetError) as error:
+        print(f"{PROGRAM}: error: {first_line(error)}", file=sys.stderr)
+        return 2
+    if summary.get("hub_ok") is False:
+        print(f"{PROGRAM}: error: Hub upload failed for {', '.join(summary['hub_failed'])}; local copies kept in "
+              f"{args.output_dir}", file=sys.stderr)
+        return 1
+    return 0

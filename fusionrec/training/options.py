@@ -1,0 +1,200 @@
+"""The training command line (`train_accelerate.py` / `fusionrec-train`): options, their checks, and the model
+config they build (from the feature spec, or from the folder of --init-from / --resume-from-checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from fusionrec.errors import first_line
+
+PROGRAM = "train_accelerate.py"
+DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
+
+
+class UsageError(Exception):
+    """Bad command-line input; main() prints it as one line and exits with status 2."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line (no usage dump): `train_accelerate.py: error: ...`."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog=PROGRAM,
+        description=(
+            "Train FusionRec (two-tower movie recommender) on a prepared dataset folder with accelerate. Run it "
+            "with `python train_accelerate.py` (one process) or `accelerate launch [--config_file "
+            "configs/accelerate_cpu_2proc.yaml] train_accelerate.py` (one or many processes/GPUs)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, type=Path, help="prepared dataset folder (prepare_dataset.py --output)")
+    data.add_argument("--output-dir", required=True, type=Path, help="where checkpoints, best/, final/ and logs go")
+    data.add_argument(
+        "--split",
+        choices=("leave_one_out", "temporal", "cold_items"),
+        default="leave_one_out",
+        help="training data and validation events (PROTOCOL.md); cold_items also keeps cold movies out of the "
+        "negative pool",
+    )
+    data.add_argument(
+        "--text-cache-dir",
+        type=Path,
+        default=None,
+        help="frozen-encoder text cache root (default: $FUSIONREC_CACHE/text or ~/.cache/fusionrec/text)",
+    )
+    data.add_argument("--max-eval-users", type=int, default=None, help="evaluate on at most this many validation events")
+
+    model = parser.add_argument_group("model (ignored with --init-from / --resume-from-checkpoint: the config comes from there)")
+    model.add_argument("--init-from", type=Path, default=None, help="start from this save_pretrained folder's weights")
+    model.add_argument("--hidden-size", type=int, default=64, help="width of both towers and of the vectors")
+    model.add_argument("--num-layers", type=int, default=2, help="user Transformer layers")
+    model.add_argument("--num-heads", type=int, default=4, help="user Transformer attention heads")
+    model.add_argument("--max-history-length", type=int, default=50, help="training window / history length")
+    model.add_argument(
+        "--text-encoder",
+        default=DEFAULT_TEXT_ENCODER,
+        help="frozen text encoder, Hub name or local path (its hidden size is read from its config)",
+    )
+    model.add_argument("--text-encoder-revision", default=None, help="text encoder revision (part of the cache key)")
+    model.add_argument("--text-max-length", type=int, default=48, help="tokens kept per movie text")
+    model.add_argument("--perceiver-depth", type=int, default=None, help="Perceiver Resampler layers (config: 2)")
+    model.add_argument("--perceiver-head-dim", type=int, default=None, help="Perceiver attention head width (config: 32)")
+    model.add_argument("--no-text", action="store_true", help="ablation: no text features (no encoder, no cache)")
+    model.add_argument("--no-id-embedding", action="store_true", help="ablation: no movie id embedding")
+    model.add_argument("--no-content-features", action="store_true", help="ablation: no numeric/categorical/bag features")
+    model.add_argument("--rating-loss-weight", type=float, default=None, help="weight of the rating loss (config: 0.5)")
+    model.add_argument("--temperature", type=float, default=None, help="retrieval softmax temperature (config: 0.1)")
+    model.add_argument("--dropout", type=float, default=None, help="dropout in both towers (config: 0.1)")
+    model.add_argument(
+        "--movie-id-dropout", type=float, default=None, help="probability of hiding a movie's id in training (config: 0.2)"
+    )
+    model.add_argument(
+        "--user-id-dropout", type=float, default=None, help="probability of hiding the user's id in training (config: 0.1)"
+    )
+    model.add_argument("--learn-temperature", action="store_true", help="learn the temperature, starting at --temperature")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--max-steps", type=int, default=300, help="optimizer steps to train (after accumulation)")
+    optim.add_argument("--batch-size", type=int, default=32, help="training windows per process per forward pass")
+    optim.add_argument("--gradient-accumulation-steps", type=int, default=1, help="forward passes per optimizer step")
+    optim.add_argument("--learning-rate", type=float, default=3e-3, help="peak AdamW learning rate")
+    optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms)")
+    optim.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: 5%% of --max-steps)")
+    optim.add_argument("--lr-scheduler", choices=SCHEDULERS, default="cosine", help="decay after warmup")
+    optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
+    optim.add_argument("--num-negatives", type=int, default=128, help="uniform negatives per batch (plus in-batch)")
+    optim.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16", "fp16"),
+        default=None,
+        help="autocast precision (default: accelerate config, else no)",
+    )
+    optim.add_argument("--seed", type=int, default=0, help="seed for init, data order, negatives and dropout")
+    optim.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is available")
+
+    loop = parser.add_argument_group("evaluation, checkpoints, logging")
+    loop.add_argument("--eval-steps", type=int, default=50, help="evaluate on validation every N steps (0: only at the end)")
+    loop.add_argument("--patience", type=int, default=0, help="stop after N evaluations without a better NDCG@10 (0: off)")
+    loop.add_argument("--checkpointing-steps", type=int, default=0, help="accelerator.save_state every N steps (0: off)")
+    loop.add_argument("--checkpoints-total-limit", type=int, default=2, help="keep the last N step_* checkpoints")
+    loop.add_argument(
+        "--resume-from-checkpoint",
+        default=None,
+        metavar="latest|PATH",
+        help="continue from OUTPUT_DIR/checkpoints' newest step_N ('latest') or a step_N folder",
+    )
+    loop.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=None,
+        help="stop (after checkpointing) at this step though --max-steps is larger, as a pre-emption would; "
+        "resume later with --resume-from-checkpoint",
+    )
+    loop.add_argument("--logging-steps", type=int, default=10, help="log losses, lr and throughput every N steps")
+    loop.add_argument(
+        "--report-to", choices=("tensorboard", "none"), default="tensorboard", help="accelerate tracker (OUTPUT_DIR/logs)"
+    )
+    loop.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    hub = parser.add_argument_group("Hub")
+    hub.add_argument("--push-to-hub", action="store_true", help="upload best/ (repo root) and final/ (final/) to the Hub")
+    hub.add_argument("--hub-model-id", default=None, help="Hub repo id, e.g. user/fusionrec-demo")
+    hub.add_argument("--hub-token", default=None, help="Hub token (default: the logged-in token)")
+    hub.add_argument("--hub-private", action="store_true", help="create the Hub repo private")
+    hub.add_argument("--hub-retries", type=int, default=3, help="upload attempts per saved model")
+    hub.add_argument("--hub-retry-backoff", type=float, default=2.0, help="seconds before the first retry (doubles)")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "max_history_length", "hidden_size")
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise UsageError(f"argument --{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}")
+    for name in ("eval_steps", "patience", "checkpointing_steps", "num_negatives", "logging_steps"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"argument --{name.replace('_', '-')}: must be >= 0, got {getattr(args, name)}")
+    if args.checkpoints_total_limit < 1:
+        raise UsageError("argument --checkpoints-total-limit: must be >= 1")
+    if args.push_to_hub and not args.hub_model_id:
+        raise UsageError("--push-to-hub needs --hub-model-id (e.g. user/fusionrec-demo)")
+    if args.stop_at_step is not None and args.stop_at_step <= 0:
+        raise UsageError("argument --stop-at-step: must be > 0")
+    return args
+
+
+def build_config(args, spec: dict):
+    """The model config: from --resume-from-checkpoint's or --init-from's folder, else from the feature spec + CLI."""
+    from configuration_fusionrec import FusionRecConfig
+
+    source = args._resume_dir or args.init_from
+    if source is not None:
+        return FusionRecConfig.from_pretrained(source)
+    overrides = {
+        "hidden_size": args.hidden_size,
+        "fusion_hidden_size": 2 * args.hidden_size,
+        "user_num_layers": args.num_layers,
+        "user_num_heads": args.num_heads,
+        "max_history_length": args.max_history_length,
+        "use_text": not args.no_text,
+        "use_id_embedding": not args.no_id_embedding,
+        "use_content_features": not args.no_content_features,
+    }
+    if args.rating_loss_weight is not None:
+        overrides["rating_loss_weight"] = args.rating_loss_weight
+    if args.temperature is not None:
+        overrides["retrieval_temperature"] = args.temperature
+    for name in ("dropout", "movie_id_dropout", "user_id_dropout", "perceiver_depth", "perceiver_head_dim"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.learn_temperature:
+        overrides["learn_temperature"] = True
+    if not args.no_text:
+        from modeling_fusionrec import text_encoder_hidden_size
+
+        try:
+            hidden = text_encoder_hidden_size(args.text_encoder, revision=args.text_encoder_revision)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--text-encoder {args.text_encoder!r}: cannot load its config ({first_line(error)})") from None
+        overrides.update(
+            text_encoder_name_or_path=args.text_encoder,
+            text_encoder_revision=args.text_encoder_revision,
+            text_hidden_size=hidden,
+            text_max_length=args.text_max_length,
+        )
+    try:
+        return FusionRecConfig.from_feature_spec(spec, **overrides)
+    except ValueError as error:
+        raise UsageError(first_line(error)) from None

@@ -1,1 +1,0 @@
-"""fusionrec metrics: the `evaluate` module under `metrics/fusionrec_metrics`."""
