@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from sample_data import DEFAULT_SAMPLE_DIR, require_sample_dir
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SAMPLE = REPO.parent / "shared" / "data" / "the-movies-dataset-sample"
 RESULTS = REPO / "bench" / "results" / "prepare.json"
 FULL_RATINGS = 26_024_289
 FULL_USERS = 270_896
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ratings", type=int, default=FULL_RATINGS)
     parser.add_argument("--users", type=int, default=FULL_USERS)
-    parser.add_argument("--sample-dir", type=Path, default=DEFAULT_SAMPLE)
+    parser.add_argument("--sample-dir", type=Path, default=DEFAULT_SAMPLE_DIR)
     parser.add_argument(
         "--workdir", type=Path, default=None, help="parent of the temp dir (default: system temp)"
     )
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data.mkdir()
             for name in ("links.csv", "movies_metadata.csv", "keywords.csv", "credits.csv"):
-                shutil.copy(args.sample_dir / name, data / name)
+                shutil.copy(require_sample_dir(args.sample_dir, option="--sample-dir") / name, data / name)
             t0 = time.perf_counter()
             generate_ratings(data / "ratings.csv", data / "links.csv", args.ratings, args.users)
             generate_s = time.perf_counter() - t0

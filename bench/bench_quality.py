@@ -74,6 +74,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
+from sample_data import DEFAULT_SAMPLE_DIR, require_sample_dir  # noqa: E402
+
 from fusionrec.data.catalog import MovieCatalog  # noqa: E402
 from fusionrec.data.collator import movie_frequency  # noqa: E402
 from fusionrec.data.loading import load_feature_spec, load_tables  # noqa: E402
@@ -89,7 +91,6 @@ from fusionrec.evaluation import compute_metrics, rank_examples  # noqa: E402
 from fusionrec.io import atomic_write_text  # noqa: E402
 from fusionrec.retrieval import catalog_vectors  # noqa: E402
 
-DEFAULT_DATA_DIR = "/work/shared/data/the-movies-dataset-sample"
 DEFAULT_OUTPUT = BENCH / "results" / "quality.json"
 TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 SPLITS = ("leave_one_out", "cold_items")
@@ -111,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Quality benchmark: FusionModel variants vs popularity and EASE on the real Kaggle sample.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="raw Kaggle sample (prepare_dataset.py --source tmdb)")
+    parser.add_argument("--data-dir", default=DEFAULT_SAMPLE_DIR, help="raw Kaggle sample (prepare_dataset.py --source tmdb)")
     parser.add_argument("--dataset", type=Path, help="an already prepared dataset folder (skips preparation)")
     parser.add_argument("--text-cache-dir", type=Path, default=None, help="text-cache root (default: library default)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep datasets/checkpoints here (default: temp, removed)")
@@ -169,7 +170,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Path:
     if args.dataset:
         return args.dataset
     output = workdir / "dataset"
-    command = [sys.executable, str(ROOT / "prepare_dataset.py"), "--source", "tmdb", "--data-dir", args.data_dir,
+    command = [sys.executable, str(ROOT / "prepare_dataset.py"), "--source", "tmdb", "--data-dir", str(args.data_dir),
                "--output", str(output), "--quiet"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
@@ -220,7 +221,7 @@ def code_version() -> dict:
 
 
 def run_from_snapshot(argv: list[str], output: Path) -> int:
-    """Copy the code (top-level modules, fusionrec/, this script) to a temp folder and run the benchmark from there:
+    """Copy the code (top-level modules, fusionrec/, bench/*.py) to a temp folder and run the benchmark from there:
     a run takes tens of minutes, and a module edited meanwhile in the checkout would otherwise mix code versions
     between runs, or between a checkpoint's training and the remote code saved with it and used to evaluate it."""
     snapshot = Path(tempfile.mkdtemp(prefix="bench_quality-src-"))
@@ -229,7 +230,8 @@ def run_from_snapshot(argv: list[str], output: Path) -> int:
             shutil.copy2(path, snapshot / path.name)
         shutil.copytree(ROOT / "fusionrec", snapshot / "fusionrec", ignore=shutil.ignore_patterns("__pycache__"))
         (snapshot / "bench").mkdir()
-        shutil.copy2(Path(__file__).resolve(), snapshot / "bench" / "bench_quality.py")
+        for path in BENCH.glob("*.py"):
+            shutil.copy2(path, snapshot / "bench" / path.name)
         env = {**os.environ, SNAPSHOT_ENV: json.dumps(code_version())}
         command = [sys.executable, str(snapshot / "bench" / "bench_quality.py"), *argv, "--output", str(output)]
         return subprocess.run(command, env=env).returncode
@@ -556,6 +558,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if SNAPSHOT_ENV not in os.environ and not args.no_snapshot:
+        if not args.dataset:  # resolved here: the snapshot's copy does not sit beside ../shared
+            argv += ["--data-dir", str(require_sample_dir(args.data_dir))]
         code = run_from_snapshot(argv, args.output.resolve())
         if code:
             sys.exit(code)

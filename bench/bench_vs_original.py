@@ -55,6 +55,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sample_data import DEFAULT_SAMPLE_DIR, require_sample_dir  # noqa: E402
+
 from configuration_fusionrec import FusionRecConfig  # noqa: E402
 from fusionrec.data.catalog import load_catalog  # noqa: E402
 from fusionrec.data.collator import TrainingCollator, movie_frequency  # noqa: E402
@@ -70,7 +72,6 @@ from modeling_fusionrec import (  # noqa: E402
     text_encoder_hidden_size,
 )
 
-DEFAULT_DATA_DIR = "/work/shared/data/the-movies-dataset-sample"
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "vs_original.json"
 SPLIT = "leave_one_out"
 
@@ -84,7 +85,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset", help="prepared dataset folder; default: prepare the Kaggle sample into a temp dir"
     )
     parser.add_argument(
-        "--data-dir", default=DEFAULT_DATA_DIR, help="raw Kaggle sample (used when --dataset is not given)"
+        "--data-dir", default=DEFAULT_SAMPLE_DIR, help="raw Kaggle sample (used when --dataset is not given)"
     )
     parser.add_argument(
         "--cache-root",
@@ -195,7 +196,7 @@ def prepared_dataset(args: argparse.Namespace, workdir: Path) -> Path:
         "--source",
         "tmdb",
         "--data-dir",
-        args.data_dir,
+        str(require_sample_dir(args.data_dir)),
     ]
     done = subprocess.run(
         [*command, "--output", str(output), "--quiet"], cwd=ROOT, capture_output=True, text=True

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Kaggle sample, a tiny T5 encoder with a locally trained tokenizer."""
+"""Shared fixtures: the vendored real Kaggle slice, a tiny T5 encoder with a locally trained tokenizer."""
 
 from __future__ import annotations
 
@@ -15,16 +15,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _sample_dir() -> Path:
-    override = os.environ.get("FUSIONREC_SAMPLE_DIR")
-    if override:
-        return Path(override)
-    return REPO_ROOT.parent / "shared" / "data" / "the-movies-dataset-sample"
+KAGGLE_SLICE = Path(__file__).resolve().parent / "data" / "the-movies-dataset-slice"
 
 
 @pytest.fixture(scope="session")
 def sample_data_dir() -> Path:
-    path = _sample_dir()
-    if not (path / "ratings_small.csv").exists():
-        pytest.fail(f"Kaggle sample not found at {path}; set FUSIONREC_SAMPLE_DIR to the sample folder.")
-    return path
+    """A real slice of the Kaggle "The Movies Dataset" (CC0) shipped with the tests: 59 users with all their ratings
+    and their movies' metadata, keywords, credits and links rows (tests/data/the-movies-dataset-slice/PROVENANCE.md)."""
+    return KAGGLE_SLICE

@@ -16,7 +16,7 @@ from fusionrec.data.prepare import main, prepare
 from fusionrec.data.records import CATEGORICAL_FEATURES, MULTI_VALUED_FEATURES, NUMERIC_FEATURES
 from fusionrec.errors import PrepareError
 
-RATINGS_SMALL_SHA256 = "821795331fd974bbe7a8416f2a7eec2b548a485dedb47a073580b0a9a8a0a8d2"
+RATINGS_SMALL_SHA256 = "6127cad3e3959cd4c76c214b4b2c1abb075b74a7b5cb7f838341f7c9901d199a"
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +31,20 @@ def test_sample_all_ratings_accounted_for(sample_prepared, sample_data_dir):
     raw = pd.read_csv(sample_data_dir / "ratings_small.csv")
     counts = summary.counts
     ratings_skipped = sum(v for k, v in summary.skipped.items() if k.startswith("ratings/"))
-    assert counts["ratings_read"] == len(raw) == 100_004
-    assert counts["ratings_kept"] + ratings_skipped == 100_004
-    assert counts["users"] == 671 and summary.num_users == 672
+    assert counts["ratings_read"] == len(raw) == 1_313
+    assert counts["ratings_kept"] + ratings_skipped == 1_313
+    assert counts["users"] == 59 and summary.num_users == 60
     seqs = read_sequences(out)
-    assert seqs.num_rows == 671
+    assert seqs.num_rows == 59
     assert sum(len(x) for x in seqs.column("movie_index").to_pylist()) == counts["ratings_kept"]
     movies = read_movies(out)
-    assert summary.num_movies == movies.num_rows == raw.movieId.nunique() == 9066
+    assert summary.num_movies == movies.num_rows == raw.movieId.nunique() == 775
     assert set(movies.column("movie_id").to_pylist()) == set(raw.movieId.unique().tolist())
     assert movies.column("movie_index").to_pylist() == list(range(movies.num_rows))
-    assert counts["movies_with_metadata"] == sum(movies.column("has_metadata").to_pylist()) == 4682
+    assert counts["movies_with_metadata"] == sum(movies.column("has_metadata").to_pylist()) == 692
     assert summary.skipped == {
-        "keywords/duplicate_id": 97,
-        "links/missing_tmdb_id": 13,
+        "keywords/duplicate_id": 2,
+        "links/missing_tmdb_id": 2,
         "movies_metadata/duplicate_id": 2,
     }
     titles = dict(zip(movies.column("movie_id").to_pylist(), movies.column("title").to_pylist(), strict=True))
@@ -72,7 +72,7 @@ def test_sample_splits_follow_protocol(sample_prepared, sample_data_dir):
     movies = read_movies(out).to_pandas()
     movie_of_index = movies.movie_id.to_numpy()
     seqs = read_sequences(out).to_pandas().set_index("user_id")
-    assert list(seqs.user_index) == list(range(1, 672))
+    assert list(seqs.user_index) == list(range(1, 60))
     assert list(seqs.index) == sorted(raw.userId.unique())
     for user_id, group in df.groupby("userId"):
         row = seqs.loc[user_id]
@@ -102,7 +102,7 @@ def test_sample_loads_with_datasets(sample_prepared, tmp_path):
     _, out = sample_prepared
     movies = datasets.load_dataset(str(out), "movies", cache_dir=str(tmp_path / "cache"))["train"]
     seqs = datasets.load_dataset(str(out), "sequences", cache_dir=str(tmp_path / "cache"))["train"]
-    assert movies.num_rows == 9066 and seqs.num_rows == 671
+    assert movies.num_rows == 775 and seqs.num_rows == 59
     assert movies[0]["title"] == "Toy Story"
     assert "Genres: Animation, Comedy, Family." in movies[0]["text"]
     assert "Director: John Lasseter." in movies[0]["text"]
@@ -128,7 +128,7 @@ def test_sample_feature_spec_and_schema(sample_prepared):
                 "skipped", "source_files"):  # fmt: skip
         assert key in spec, key
     assert spec["format_version"] == 1 and spec["source"] == "tmdb"
-    assert (spec["num_movies"], spec["num_users"], spec["pad_index"], spec["oov_index"]) == (9066, 672, 0, 1)
+    assert (spec["num_movies"], spec["num_users"], spec["pad_index"], spec["oov_index"]) == (775, 60, 0, 1)
     assert spec["numeric_features"]["names"] == NUMERIC_FEATURES
     assert len(spec["numeric_features"]["mean"]) == len(spec["numeric_features"]["std"]) == 7
     assert all(s > 0 for s in spec["numeric_features"]["std"])
@@ -140,8 +140,8 @@ def test_sample_feature_spec_and_schema(sample_prepared):
     assert spec["text"]["column"] == "text" and "{overview}" in spec["text"]["template"]
     assert spec["rating"] == {"min": 0.5, "max": 5.0}
     assert spec["splits"]["default"] == "leave_one_out"
-    assert spec["source_files"]["ratings_small.csv"] == {"sha256": RATINGS_SMALL_SHA256, "bytes": 2_438_266}
-    assert spec["counts"]["ratings_kept"] == 100_004
+    assert spec["source_files"]["ratings_small.csv"] == {"sha256": RATINGS_SMALL_SHA256, "bytes": 31_518}
+    assert spec["counts"]["ratings_kept"] == 1_313
 
     movies = read_movies(out)
     expected = {
