@@ -492,7 +492,9 @@ class FusionModel(FusionPreTrainedModel):
             if tuple(mask.shape) != tuple(states.shape[:2]) or mask.dtype != torch.bool:
                 raise ValueError(f"movie_inputs.text_mask must be bool of shape {tuple(states.shape[:2])}.")
 
-    def _check_history(self, movie_indices: Tensor, ratings: Tensor, timestamps: Tensor, mask: Tensor) -> None:
+    def _check_history(
+        self, movie_indices: Tensor, ratings: Tensor, timestamps: Tensor, mask: Tensor, *, max_length: int | None = None
+    ) -> None:
         if movie_indices.dim() != 2:
             raise ValueError(f"history_movie_indices must be (batch, length), got {tuple(movie_indices.shape)}.")
         for name, values in (("history_ratings", ratings), ("history_timestamps", timestamps), ("history_mask", mask)):
@@ -500,10 +502,11 @@ class FusionModel(FusionPreTrainedModel):
                 raise ValueError(f"{name} has shape {tuple(values.shape)}, history_movie_indices {tuple(movie_indices.shape)}.")
         if mask.dtype != torch.bool:
             raise ValueError(f"history_mask must be bool, got {mask.dtype}.")
-        if movie_indices.shape[1] > self.config.max_history_length:
+        max_length = self.config.max_history_length if max_length is None else max_length
+        if movie_indices.shape[1] > max_length:
             raise ValueError(
-                f"history length {movie_indices.shape[1]} exceeds config.max_history_length "
-                f"({self.config.max_history_length}); keep the most recent steps."
+                f"history length {movie_indices.shape[1]} exceeds {max_length} (config.max_history_length "
+                f"{self.config.max_history_length}); keep the most recent steps."
             )
         self._check_index("history_movie_indices", movie_indices * mask, self.config.num_movies)
         if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
@@ -642,13 +645,23 @@ class FusionModel(FusionPreTrainedModel):
         history_mask: Tensor,
         *,
         movie_inputs: dict,
+        target_mask: Tensor | None = None,
         user_indices: Tensor | None = None,
         return_loss: bool = True,
     ) -> FusionModelOutput:
-        """Train on whole sequences: the state before each history step predicts that step's movie (retrieval) and
-        rating. `movie_inputs` holds the features of every movie the batch uses: sorted, unique `movie_indices`
-        covering the histories, plus uniform negatives, with their log sampling probability `log_q`."""
-        self._check_history(history_movie_indices, history_ratings, history_timestamps, history_mask)
+        """Train on whole windows of up to `max_history_length + 1` steps: the state before each step, having seen
+        the window's earlier steps, predicts that step's movie (retrieval) and rating, so the last state the
+        read-out uses at inference (after `max_history_length` steps) is trained too. `target_mask` marks the steps
+        that are targets (default: every valid one); a window cut from the middle of a sequence leaves its first
+        step out, since the state before it has not seen the user's earlier history. `movie_inputs` holds the
+        features of every movie the batch uses: sorted, unique `movie_indices` covering the windows, plus uniform
+        negatives, with their log sampling probability `log_q`. The query time of each prediction is the time of
+        the step before it, the user's last known event, as at evaluation (PROTOCOL.md)."""
+        self._check_history(
+            history_movie_indices, history_ratings, history_timestamps, history_mask,
+            max_length=self.config.max_history_length + 1,
+        )
+        target_mask = history_mask if target_mask is None else target_mask & history_mask
         candidate_indices = movie_inputs["movie_indices"]
         movie_vectors = self._movie_vectors({k: v for k, v in movie_inputs.items() if k != "log_q"})
         rows = torch.searchsorted(candidate_indices, history_movie_indices * history_mask).clamp(
@@ -656,7 +669,7 @@ class FusionModel(FusionPreTrainedModel):
         )
         if not bool((candidate_indices[rows] == history_movie_indices)[history_mask].all()):
             raise ValueError("movie_inputs.movie_indices must be sorted, unique and contain every history movie.")
-        mask = history_mask
+        mask = target_mask
         if user_indices is None:
             user_indices = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
         self._check_index("user_indices", user_indices, self.config.num_users)
@@ -665,13 +678,16 @@ class FusionModel(FusionPreTrainedModel):
             user_indices = user_indices * keep
         history_vectors = movie_vectors[rows]
         states = self.user_tower.encode(
-            movie_vectors=history_vectors, ratings=history_ratings, timestamps=history_timestamps, mask=mask
-        )[:, :-1]
+            movie_vectors=history_vectors[:, :-1],
+            ratings=history_ratings[:, :-1],
+            timestamps=history_timestamps[:, :-1],
+            mask=history_mask[:, :-1],
+        )
         previous = F.pad(history_timestamps, (1, 0))[:, :-1]
-        has_previous = F.pad(mask, (1, 0))[:, :-1] & mask
+        has_previous = F.pad(history_mask, (1, 0))[:, :-1] & history_mask
+        query = torch.where(has_previous, previous, history_timestamps)
         user_hidden = self.user_tower.read_out(
-            states, user_indices=user_indices, query_times=history_timestamps, previous_times=previous,
-            has_previous=has_previous,
+            states, user_indices=user_indices, query_times=query, previous_times=previous, has_previous=has_previous
         )
         user_vectors = F.normalize(user_hidden, dim=-1)
         rating_predictions = self.rating_head(user_vectors, history_vectors)
@@ -682,7 +698,7 @@ class FusionModel(FusionPreTrainedModel):
 
         log_q = movie_inputs.get("log_q") if self.config.logq_correction else None
         all_vectors, all_indices, all_log_q, offset = gather_candidates(movie_vectors, candidate_indices, log_q)
-        in_window = (history_movie_indices.unsqueeze(-1) == all_indices).logical_and(mask.unsqueeze(-1)).any(dim=1)
+        in_window = (history_movie_indices.unsqueeze(-1) == all_indices).logical_and(history_mask.unsqueeze(-1)).any(dim=1)
         positive_rows = rows[mask] + offset
         invalid = in_window[mask.nonzero()[:, 0]]
         invalid[torch.arange(len(positive_rows), device=invalid.device), positive_rows] = False

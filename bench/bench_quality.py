@@ -246,8 +246,8 @@ def rank_scores(scores: np.ndarray, examples: EvaluationExamples, part: slice, t
     """Top-k movie indices per row of `scores` (rows = examples[part]); history and non-candidates excluded (-1 pads);
     equal scores are ordered by the seeded permutation `tiebreak`."""
     scores = scores.astype(np.float64, copy=True)
-    for row, history in enumerate(examples.histories[part]):
-        scores[row, history.movies] = -np.inf
+    for row, seen in enumerate(examples.exclusions()[part]):
+        scores[row, seen] = -np.inf
     if examples.candidate_mask is not None:
         scores[:, ~examples.candidate_mask] = -np.inf
     permuted = scores[:, tiebreak]

@@ -46,14 +46,15 @@ def measure(model, optimizer, collator, windows, *, batch_size: int, steps: int,
         start = time.perf_counter()
         batch = collator(chunk, batch_key=step)
         out = model(batch["history_movie_indices"], batch["history_ratings"], batch["history_timestamps"],
-                    batch["history_mask"], movie_inputs=batch["movie_inputs"], user_indices=batch["user_indices"])
+                    batch["history_mask"], movie_inputs=batch["movie_inputs"], target_mask=batch["target_mask"],
+                    user_indices=batch["user_indices"])
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step >= warmup:
             seconds += time.perf_counter() - start
             sequences += len(chunk)
-            targets += int(batch["history_mask"].sum())
+            targets += int(batch["target_mask"].sum())
     return {"sequences_per_second": sequences / seconds, "targets_per_second": targets / seconds, "seconds_per_step": seconds / steps}
 
 

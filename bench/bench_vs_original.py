@@ -715,7 +715,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             began = time.perf_counter()
             batch = collator(windows[start : start + args.batch_size])
             collate_seconds[0] += time.perf_counter() - began
-            return batch, int(batch["history_mask"].sum())
+            return batch, int(batch["target_mask"].sum())
 
         say(f"fusionrec: running for {args.fusionrec_seconds:.0f}s ...")
         result_fusionrec = time_box(fusionrec_batch, timed_step, args.fusionrec_seconds)

@@ -34,11 +34,6 @@ from fusionrec.retrieval import ExactSearch, catalog_vectors, make_search, user_
 METRICS_MODULE = Path(__file__).resolve().parent / "metrics" / "fusionrec_metrics"
 
 
-def history_exclusions(examples: EvaluationExamples) -> list[np.ndarray]:
-    """Per example, every movie in its history (all of it, not only the steps the user tower reads)."""
-    return [np.unique(history.movies).astype(np.int64) for history in examples.histories]
-
-
 @torch.no_grad()
 def rank_examples(
     model,
@@ -49,14 +44,17 @@ def rank_examples(
     batch_size: int = 256,
     search=None,
     return_user_vectors: bool = False,
+    query_at_target: bool = False,
 ):
-    """Top-k movie indices per example (-1 pads; history excluded, candidates restricted by the split) and the
-    rating head's prediction of each target. The user vector is read as of the target's time. `search` is an
-    ExactSearch (default) or FaissSearch over `movie_vectors`; `return_user_vectors` adds the user vectors."""
+    """Top-k movie indices per example (-1 pads; every movie rated before the target excluded, candidates
+    restricted by the split) and the rating head's prediction of each target. The user vector is read as of the
+    user's last known event (PROTOCOL.md); `query_at_target` reads it as of the target's own time instead, a variant
+    that knows the gap to the event it predicts. `search` is an ExactSearch (default) or FaissSearch over
+    `movie_vectors`; `return_user_vectors` adds the user vectors."""
     model.eval()
     if search is None:
         search = ExactSearch(movie_vectors, examples.candidate_mask)
-    exclusions = history_exclusions(examples)
+    exclusions = examples.exclusions()
     ranked, predicted, users_out = [], [], []
     for start in range(0, len(examples), batch_size):
         part = slice(start, start + batch_size)
@@ -64,7 +62,7 @@ def rank_examples(
             model,
             examples.histories[part],
             movie_vectors,
-            as_of=examples.target_timestamps[part],
+            as_of=examples.target_timestamps[part] if query_at_target else None,
             batch_size=batch_size,
         )
         indices, _ = search.search(users, exclusions[part], k)
@@ -232,7 +230,7 @@ def faiss_recall(examples, ranked, users, movie_vectors, k_values, args) -> dict
     if count > args.recall_sample:
         rows = np.sort(np.random.default_rng(0).choice(count, args.recall_sample, replace=False))
     exact = ExactSearch(movie_vectors, examples.candidate_mask)
-    exclusions = history_exclusions(examples)
+    exclusions = examples.exclusions()
     reference = [
         exact.search(users[torch.from_numpy(rows[s : s + args.batch_size])], [exclusions[i] for i in rows[s : s + args.batch_size]], max(k_values))[0]
         for s in range(0, len(rows), args.batch_size)

@@ -60,6 +60,7 @@ def user_vectors(
         batch = to_device(pad_histories(chunk, max_length=model.config.max_history_length), device)
         users = batch.pop("user_indices") if user_indices else None
         batch.pop("user_indices", None)
+        batch.pop("target_mask")
         query = None if times is None else torch.from_numpy(np.array(times[start:stop], dtype=np.int64)).to(device)
         parts.append(
             model.calculate_user_feature(**batch, movie_vectors=movie_vectors, user_indices=users, as_of=query).float()

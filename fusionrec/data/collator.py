@@ -51,12 +51,12 @@ class TrainingCollator:
         if batch_key is None:
             batch_key = self.calls
         self.calls += 1
-        batch = pad_histories(windows, max_length=self.config.max_history_length)
+        batch = pad_histories(windows, max_length=self.config.max_history_length + 1)
         in_batch = batch["history_movie_indices"][batch["history_mask"]]
         generator = self.negative_generator(batch_key)
         picks = torch.randint(len(self.negative_pool), (self.num_negatives,), generator=generator)
         candidates = torch.unique(torch.cat((in_batch, self.negative_pool[picks])))
-        targets = int(batch["history_mask"].sum())
+        targets = int(batch["target_mask"].sum())
         missed_in_batch = (1.0 - self.frequency_share[candidates]) ** targets
         missed_uniform = torch.where(self.in_pool[candidates], (1.0 - 1.0 / len(self.negative_pool)) ** self.num_negatives, 1.0)
         probability = 1.0 - missed_in_batch * missed_uniform

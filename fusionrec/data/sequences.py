@@ -16,10 +16,13 @@ SPLITS = ("leave_one_out", "temporal", "cold_items")
 
 @dataclass
 class UserSequence:
+    """One user's time-ordered ratings; the first `context` steps of a training window are history, not targets."""
+
     user_index: int
     movies: np.ndarray
     ratings: np.ndarray
     timestamps: np.ndarray
+    context: int = 0
 
 
 def read_sequences(sequences) -> list[dict]:
@@ -66,14 +69,20 @@ def train_sequence(row: dict, split: str, cold_item: np.ndarray) -> UserSequence
 
 
 def training_windows(sequences: list[UserSequence], *, window: int) -> list[UserSequence]:
-    """Chop each sequence into consecutive windows of at most `window` steps, ending at its last step, so every
-    step is a training target exactly once."""
+    """Chop each sequence into windows of at most `window + 1` steps, ending at its last step, so that the state
+    after `window` steps (the one read at inference for a full history) has a target. Consecutive windows share one
+    step: the last target of a window is the first (context-only) step of the next, so every step is a training
+    target exactly once."""
     windows = []
     for sequence in sequences:
         for end in range(len(sequence.movies), 0, -window):
-            part = slice(max(0, end - window), end)
+            start = max(0, end - window - 1)
+            part = slice(start, end)
             windows.append(
-                UserSequence(sequence.user_index, sequence.movies[part], sequence.ratings[part], sequence.timestamps[part])
+                UserSequence(
+                    sequence.user_index, sequence.movies[part], sequence.ratings[part], sequence.timestamps[part],
+                    context=int(start > 0),
+                )
             )
     return windows
 
@@ -87,6 +96,13 @@ class EvaluationExamples:
     target_ratings: np.ndarray
     target_timestamps: np.ndarray
     candidate_mask: np.ndarray | None = None
+    seen: list[np.ndarray] | None = None
+
+    def exclusions(self) -> list[np.ndarray]:
+        """Per example, every movie the user rated before the target: excluded from its ranking. That is the
+        history, plus under cold_items the held-out movies rated earlier, which the history leaves out."""
+        seen = self.seen if self.seen is not None else [history.movies for history in self.histories]
+        return [np.unique(movies).astype(np.int64) for movies in seen]
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -98,10 +114,11 @@ def evaluation_examples(rows: list[dict], split: str, stage: str, cold_item: np.
     leave-one-out validation of the warm sequences."""
     if stage not in ("validation", "test"):
         raise DatasetError(f"unknown stage {stage!r}; choose validation or test.")
-    histories, targets, ratings, times = [], [], [], []
+    histories, targets, ratings, times, seen = [], [], [], [], []
 
     def add(row: dict, history, position: int) -> None:
         histories.append(_take(row, history))
+        seen.append(row["movie_index"][:position])
         targets.append(row["movie_index"][position])
         ratings.append(row["rating"][position])
         times.append(row["timestamp"][position])
@@ -135,6 +152,7 @@ def evaluation_examples(rows: list[dict], split: str, stage: str, cold_item: np.
         target_ratings=np.asarray(ratings, dtype=np.float32),
         target_timestamps=np.asarray(times, dtype=np.int64),
         candidate_mask=candidate_mask,
+        seen=seen,
     )
 
 
@@ -146,6 +164,7 @@ def subset_examples(examples: EvaluationExamples, part: slice) -> EvaluationExam
         target_ratings=examples.target_ratings[part],
         target_timestamps=examples.target_timestamps[part],
         candidate_mask=examples.candidate_mask,
+        seen=None if examples.seen is None else examples.seen[part],
     )
 
 
@@ -158,24 +177,29 @@ def history_until(sequence: UserSequence, as_of: int | None) -> UserSequence:
 
 
 def pad_histories(sequences: list[UserSequence], *, max_length: int) -> dict[str, torch.Tensor]:
-    """Right-padded history tensors of the most recent `max_length` steps of each sequence."""
+    """Right-padded history tensors of the most recent `max_length` steps of each sequence, with the mask of the
+    steps that are training targets (all but each sequence's `context` steps)."""
     length = max([min(len(s.movies), max_length) for s in sequences] + [0])
     batch = len(sequences)
     movies = np.zeros((batch, length), np.int64)
     ratings = np.zeros((batch, length), np.float32)
     timestamps = np.zeros((batch, length), np.int64)
     mask = np.zeros((batch, length), bool)
+    target = np.zeros((batch, length), bool)
     for row, sequence in enumerate(sequences):
-        kept = slice(max(0, len(sequence.movies) - max_length), None)
+        dropped = max(0, len(sequence.movies) - max_length)
+        kept = slice(dropped, None)
         count = len(sequence.movies[kept])
         movies[row, :count] = sequence.movies[kept]
         ratings[row, :count] = sequence.ratings[kept]
         timestamps[row, :count] = sequence.timestamps[kept]
         mask[row, :count] = True
+        target[row, max(0, sequence.context - dropped) : count] = True
     return {
         "history_movie_indices": torch.from_numpy(movies),
         "history_ratings": torch.from_numpy(ratings),
         "history_timestamps": torch.from_numpy(timestamps),
         "history_mask": torch.from_numpy(mask),
+        "target_mask": torch.from_numpy(target),
         "user_indices": torch.tensor([s.user_index for s in sequences], dtype=torch.long),
     }

@@ -111,5 +111,5 @@ def load_training_data(args, config, accelerator) -> TrainingData:
         validation=validation,
         negative_pool=pool,
         frequency=frequency,
-        num_train_targets=int(sum(len(w.movies) for w in windows)),
+        num_train_targets=int(sum(len(w.movies) - w.context for w in windows)),
     )

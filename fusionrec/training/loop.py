@@ -276,6 +276,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
                     batch["history_timestamps"],
                     batch["history_mask"],
                     movie_inputs=batch["movie_inputs"],
+                    target_mask=batch["target_mask"],
                     user_indices=batch["user_indices"],
                 )
                 accelerator.backward(outputs.loss)
@@ -288,7 +289,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
             if state.batches_in_epoch >= len(loader):  # the epoch is complete: a checkpoint resumes at the next one
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
             window_count += num_windows.cpu()
-            target_count += batch["history_mask"].sum().cpu()
+            target_count += batch["target_mask"].sum().cpu()
             for key in loss_sums:
                 loss_sums[key] += float(getattr(outputs, key).detach())
             loss_batches += 1

@@ -81,13 +81,17 @@ def report(tmp_path_factory, model_dir, dataset_dir) -> tuple[dict, str]:
 
 
 def brute_force(session, split: str) -> dict[str, float]:
-    """Score every movie with numpy, drop the history (and non-candidates), rank, and compute Recall/NDCG by hand."""
+    """Score every movie with numpy, drop every movie the user rated before the target (and non-candidates), rank,
+    and compute Recall/NDCG by hand. The user vector is read as of the last history event (PROTOCOL.md)."""
     model = session.model
     movies = session.movie_vectors().numpy()
     cold = session.catalog.cold_item.numpy()
     examples = evaluation_examples(session.rows, split, "test", cold)
+    sequence_of = {row["user_index"]: row["movie_index"] for row in session.rows}
     ranks = []
-    for history, target, when in zip(examples.histories, examples.targets, examples.target_timestamps, strict=True):
+    for history, target in zip(examples.histories, examples.targets, strict=True):
+        sequence = sequence_of[history.user_index]
+        rated_before = sequence[: int(np.flatnonzero(sequence == target)[0])]
         recent = slice(max(0, len(history.movies) - MAX_HISTORY), None)
         count = len(history.movies[recent])
         with torch.no_grad():
@@ -98,10 +102,9 @@ def brute_force(session, split: str) -> dict[str, float]:
                 history_mask=torch.ones(1, count, dtype=torch.bool),
                 movie_vectors=torch.from_numpy(movies),
                 user_indices=torch.tensor([history.user_index]),
-                as_of=int(when),
             )[0].numpy()
         scores = movies @ user
-        scores[history.movies] = -np.inf
+        scores[rated_before] = -np.inf
         if split == "cold_items":
             scores[~cold] = -np.inf
         ranks.append(1 + int(np.sum(scores > scores[target])))
@@ -136,6 +139,20 @@ def test_evaluation_command_prints_a_table_and_writes_protocol_json_for_all_spli
                 assert 0.0 <= metrics[f"{key}@{k}"] <= 1.0
         assert metrics["rmse"] > 0
     assert results["metrics_backend"] == "evaluate" and results["index"] == "exact"
+
+
+def test_user_vectors_are_read_as_of_the_last_known_event_not_the_target_time(session):
+    """The target's own time would tell the model the gap to the event it predicts (PROTOCOL.md)."""
+    examples = evaluation_examples(session.rows, "leave_one_out", "test", session.catalog.cold_item.numpy())
+    vectors = session.movie_vectors()
+    _, _, users = evaluation.rank_examples(session.model, examples, vectors, k=10, return_user_vectors=True)
+    examples.target_timestamps = examples.target_timestamps + 30 * 86_400
+    _, _, shifted = evaluation.rank_examples(session.model, examples, vectors, k=10, return_user_vectors=True)
+    assert torch.equal(users, shifted)
+    _, _, at_target = evaluation.rank_examples(
+        session.model, examples, vectors, k=10, return_user_vectors=True, query_at_target=True
+    )
+    assert not torch.allclose(users, at_target)
 
 
 @pytest.mark.parametrize("split", ["leave_one_out", "cold_items"])

@@ -69,6 +69,7 @@ def test_cold_items_remove_cold_movies_from_histories_and_rank_among_cold_movies
     assert test.targets.tolist() == [2, 5]
     assert [h.movies.tolist() for h in test.histories] == [[4], [4, 1]]
     assert test.candidate_mask.tolist() == COLD.tolist()
+    assert [e.tolist() for e in test.exclusions()] == [[4], [1, 2, 4]]  # the earlier cold movie 2 is seen too
     validation = evaluation_examples([user], "cold_items", "validation", COLD)
     assert validation.targets.tolist() == [0] and validation.candidate_mask is None
 
@@ -80,10 +81,16 @@ def test_unknown_split_or_stage_is_one_clear_error():
         evaluation_examples([row([1, 2, 3])], "leave_one_out", "train", COLD)
 
 
-def test_training_windows_cover_every_step_once_ending_at_the_last():
+def test_training_windows_make_every_step_a_target_once_with_a_full_history_before_the_last():
     sequence = UserSequence(1, np.arange(10), np.ones(10, np.float32), np.arange(10))
     windows = training_windows([sequence], window=4)
-    assert [w.movies.tolist() for w in windows] == [[6, 7, 8, 9], [2, 3, 4, 5], [0, 1]]
+    assert [w.movies.tolist() for w in windows] == [[5, 6, 7, 8, 9], [1, 2, 3, 4, 5], [0, 1]]
+    assert [w.context for w in windows] == [1, 1, 0]
+    targets = np.concatenate([w.movies[w.context :] for w in windows])
+    assert sorted(targets.tolist()) == list(range(10))
+    batch = pad_histories(windows, max_length=5)
+    assert batch["target_mask"].tolist() == [[False, True, True, True, True], [False, True, True, True, True],
+                                             [True, True, False, False, False]]
 
 
 def test_pad_histories_keeps_the_most_recent_steps_right_padded():

@@ -176,6 +176,23 @@ def test_collision_mask_removes_the_users_other_positives():
     torch.testing.assert_close(masked, expected)
 
 
+def test_every_position_the_read_out_can_use_receives_gradient():
+    """A history that fills the window (max_history_length steps) is read out at state max_history_length: training
+    windows of max_history_length + 1 steps must train that state's position row, and every earlier one."""
+    config = tiny_config(use_text=False, movie_id_dropout=0.0, user_id_dropout=0.0)
+    model = FusionModel(config)
+    length = config.max_history_length + 1
+    batch = history_batch(config, batch=3, length=length, seed=2)
+    batch["history_mask"][:] = True
+    model(**batch).loss.backward()
+    rows_with_gradient = model.user_tower.position_embedding.weight.grad.abs().sum(dim=1) > 0
+    assert rows_with_gradient.tolist() == [True] * (config.max_history_length + 1)
+    target_mask = batch["history_mask"].clone()
+    target_mask[:, 0] = False  # a window cut from the middle: its first step is context only
+    loss = model(**batch, target_mask=target_mask).loss
+    assert torch.isfinite(loss) and loss != model(**batch).loss
+
+
 def test_one_optimizer_step_lowers_the_loss_and_leaves_the_frozen_encoder_untouched(tiny_t5_dir):
     torch.manual_seed(0)
     config = tiny_config(text_encoder_name_or_path=str(tiny_t5_dir), dropout=0.0, movie_id_dropout=0.0, user_id_dropout=0.0)
