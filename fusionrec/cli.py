@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from fusionrec.data.catalog import MovieCatalog, load_catalog
-from fusionrec.data.loading import load_tables
+from fusionrec.data.loading import load_feature_spec, load_tables
 from fusionrec.data.sequences import UserSequence, read_sequences
 from fusionrec.errors import CommandError, DatasetError, one_line
+from fusionrec.growth import grow_model
 from fusionrec.retrieval import catalog_vectors
 
 EXIT_BAD_INPUT = 2
@@ -145,10 +146,11 @@ def open_session(
     batch_size: int = 512,
     show_progress: bool = False,
 ) -> Session:
-    """Load the model and the dataset, and check they come from the same feature spec (one line if not)."""
+    """Load the model and the dataset, and check they come from the same feature spec (one line if not). A model
+    trained before the dataset was updated (prepare_dataset.py --update) grows to it (fusionrec/growth.py)."""
     dataset_dir = check_dataset_dir(dataset)
     with quiet_libraries():
-        loaded = load_model(model, device=device)
+        loaded = grow_model(load_model(model, device=device), load_feature_spec(dataset_dir), dataset_dir=dataset_dir)
         catalog, spec = load_catalog(dataset_dir, loaded.config, cache_root=cache_dir, show_progress=show_progress)
         movies, sequences = load_tables(dataset_dir)
     id_columns = ["movie_index", "movie_id", "tmdb_id", "imdb_id", "title", "year"]

@@ -23,3 +23,18 @@ def sample_data_dir() -> Path:
     """A real slice of the Kaggle "The Movies Dataset" (CC0) shipped with the tests: 59 users with all their ratings
     and their movies' metadata, keywords, credits and links rows (tests/data/the-movies-dataset-slice/PROVENANCE.md)."""
     return KAGGLE_SLICE
+
+
+@pytest.fixture(scope="session")
+def updated_dataset(tmp_path_factory):
+    """(raw sources, the prepared old folder, the PrepareSummary of its update with the whole current files):
+    new users, new movies, new ratings of old users, one changed rating, a new genre (tests/updates.py)."""
+    from updates import write_update_sources
+
+    from fusionrec.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("update")
+    sources = write_update_sources(root)
+    old = root / "prepared-old"
+    prepare("tmdb", old, sources.old)
+    return sources, old, prepare(output=root / "prepared-new", data_dir=sources.full, update_from=old)

@@ -24,6 +24,29 @@ LICENSES = {
 }
 
 
+def lineage_section(spec: dict[str, Any]) -> list[str]:
+    """What an update (prepare_dataset.py --update) added to which folder; nothing for a fresh prepare."""
+    if "lineage" not in spec:
+        return []
+    previous, added = spec["lineage"]["previous"], spec["lineage"]["added"]
+    tokens = ", ".join(f"{name} {count}" for name, count in added["vocabulary"].items() if count) or "none"
+    return [
+        "## Lineage",
+        "",
+        f"Updated from `{previous['folder']}` (sha256 `{previous['sha256']}` over its feature_spec.json and parquet "
+        f"files; {previous['num_movies']:,} movies, {previous['num_users'] - 1:,} users, {previous['ratings']:,} "
+        "ratings). Every stored movie_index, user_index and vocabulary entry is unchanged; new ones are appended.",
+        "",
+        "| added | value |",
+        "|---|---|",
+        *(f"| {k} | {v:,} |" for k, v in added.items() if k != "vocabulary"),
+        f"| vocabulary tokens | {tokens} |",
+        "",
+        f"Earlier versions: {len(spec['lineage']['ancestors'])}.",
+        "",
+    ]
+
+
 def dataset_card(spec: dict[str, Any], license_id: str, license_note: str) -> str:
     counts, splits = spec["counts"], spec["splits"]
     lines = [
@@ -98,6 +121,7 @@ def dataset_card(spec: dict[str, Any], license_id: str, license_note: str) -> st
         *(f"| {k} | {v:,} |" for k, v in spec["skipped"].items()),
         *(["| (none) | 0 |"] if not spec["skipped"] else []),
         "",
+        *lineage_section(spec),
         "## Source files",
         "",
         "| file | sha256 | bytes |",

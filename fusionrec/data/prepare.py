@@ -10,6 +10,7 @@ Examples:
   python prepare_dataset.py --source synthetic --output data/prepared/synthetic
   python prepare_dataset.py --source tmdb --data-dir the-movies-dataset --output data/prepared/tmdb-small
   python prepare_dataset.py --source tmdb --data-dir the-movies-dataset --ratings ratings.csv --output data/prepared/tmdb
+  python prepare_dataset.py --update data/prepared/tmdb --data-dir todays-files --output data/prepared/tmdb-today
 
 Ratings are processed column-wise (pyarrow/numpy, no per-row Python); metadata is parsed per movie with
 `ast.literal_eval` (never eval/pickle). The output folder is built next to the target and renamed into place,
@@ -51,7 +52,23 @@ from fusionrec.data.tables import (
     TEXT_TEMPLATE,
     build_movies_table,
     build_sequences_table,
+    encode_movies,
+    feature_vocabularies,
+    missing_values,
+    numeric_matrix,
+    numeric_statistics,
     write_parquet,
+)
+from fusionrec.data.update import (
+    PreviousDataset,
+    added_tokens,
+    lineage,
+    merge_ratings,
+    new_extra_records,
+    read_previous,
+    read_previous_spec,
+    stored_movies,
+    updated_cold_items,
 )
 from fusionrec.errors import PrepareError
 from fusionrec.hub import push_to_hub
@@ -85,6 +102,12 @@ class PrepareSummary:
             ),
             ("cold items", f"{splits['cold_items']['num_cold_items']:,}"),
         ]
+        if "lineage" in self.feature_spec:
+            lineage = self.feature_spec["lineage"]
+            added = lineage["added"]
+            rows += [("updated from", f"{lineage['previous']['folder']} (sha256 {lineage['previous']['sha256'][:12]})")]
+            rows += [(k, f"{v:,}") for k, v in added.items() if k != "vocabulary"]
+            rows += [("vocabulary_added", ", ".join(f"{k} {v}" for k, v in added["vocabulary"].items() if v) or "none")]
         width = max(len(k) for k, _ in rows)
         out = io.StringIO()
         for key, value in rows:
@@ -138,20 +161,147 @@ def write_dataset(
     (folder / "README.md").write_text(dataset_card(spec, license_id, note), encoding="utf-8")
 
 
+SPLIT_DEFAULTS = {"loo_min_interactions": 3, "temporal_quantile": 0.9, "cold_fraction": 0.1, "cold_min_interactions": 5}
+SPLIT_OPTIONS = {
+    "loo_min_interactions": ("--loo-min-interactions", ("leave_one_out", "min_interactions")),
+    "temporal_quantile": ("--temporal-quantile", ("temporal", "quantile")),
+    "cold_fraction": ("--cold-fraction", ("cold_items", "fraction")),
+    "cold_min_interactions": ("--cold-min-interactions", ("cold_items", "min_interactions")),
+    "cold_seed": ("--cold-seed", ("cold_items", "seed")),
+}
+
+
+@dataclass
+class Settings:
+    """The split and vocabulary settings of a run: the options (or their defaults), or on --update the previous
+    folder's, so that indices and splits mean the same in both folders."""
+
+    source: str
+    splits: dict[str, Any]
+    min_counts: dict[str, int]
+    max_lengths: dict[str, int]
+
+
+def fresh_settings(source: str | None, given: dict[str, Any], min_counts, max_lengths, seed: int) -> Settings:
+    splits = {name: given[name] if given.get(name) is not None else value for name, value in SPLIT_DEFAULTS.items()}
+    splits["cold_seed"] = seed if given.get("cold_seed") is None else given["cold_seed"]
+    return Settings(
+        source=source or "synthetic",
+        splits=splits,
+        min_counts=merge_options(DEFAULT_MIN_COUNT, min_counts, "--min-count"),
+        max_lengths=merge_options(DEFAULT_MAX_LENGTH, max_lengths, "--max-length"),
+    )
+
+
+def previous_settings(previous: dict[str, Any], folder: Path, source, given: dict[str, Any], min_counts, max_lengths) -> Settings:
+    """The previous folder's settings; an option that asks for a different value stops the run."""
+    splits = {name: previous["splits"][group][key] for name, (_, (group, key)) in SPLIT_OPTIONS.items()}
+    mins = {n: f["min_count"] for part in ("categorical_features", "multi_valued_features") for n, f in previous[part].items()}
+    maxes = {n: f["max_length"] for n, f in previous["multi_valued_features"].items()}
+    asked = [(SPLIT_OPTIONS[name][0], value, splits[name]) for name, value in given.items() if value is not None]
+    asked += [("--source", source, previous["source"])] if source is not None else []
+    for option, stored, wanted in (("--min-count", mins, min_counts), ("--max-length", maxes, max_lengths)):
+        merged = merge_options(stored, wanted, option)
+        asked += [(option, f"{name}={merged[name]}", f"{name}={stored[name]}") for name in stored]
+    for option, value, kept in asked:
+        if value != kept:
+            raise PrepareError(
+                f"{option} {value} differs from {folder}'s {kept}: an update keeps the previous folder's source, "
+                "split and vocabulary settings; drop the option"
+            )
+    return Settings(source=previous["source"], splits=splits, min_counts=mins, max_lengths=maxes)
+
+
+@dataclass
+class Tables:
+    """What both paths (fresh, update) hand to the spec and the writer."""
+
+    movies: pa.Table
+    sequences: pa.Table
+    inter: Any
+    features: dict[str, Any]
+    cutoffs: tuple[int, int]
+    num_cold: int
+    counts: dict[str, int]
+    lineage: dict[str, Any] | None = None
+
+
+def fresh_tables(data, settings: Settings, skipped: Counter, timings: dict[str, float]) -> Tables:
+    with stage("order + deduplicate", timings):
+        inter = build_interactions(data.ratings, skipped)
+        data.ratings = None
+    num_users = int(inter.user_ids.size) + 1
+    records = [data.records[int(m)] for m in inter.movie_ids] + list(data.extra_records)
+    splits = settings.splits
+    with stage("splits", timings):
+        num_ratings = np.bincount(inter.movie_index, minlength=len(records))
+        cold = choose_cold_items(num_ratings, splits["cold_fraction"], splits["cold_min_interactions"], splits["cold_seed"])
+        cutoffs = temporal_cutoffs(inter.timestamp, splits["temporal_quantile"])
+        sequences = build_sequences_table(inter, num_users, splits["loo_min_interactions"], cutoffs)
+    with stage("encode movies", timings):
+        movies, features = build_movies_table(records, num_ratings, cold, settings.min_counts, settings.max_lengths)
+    counts = {
+        "movies_rated": int(inter.movie_ids.size),
+        "movies_with_metadata": int(sum(r.has_metadata for r in records)),
+    }
+    return Tables(movies, sequences, inter, features, cutoffs, int(cold.sum()), counts)
+
+
+def updated_tables(previous: PreviousDataset, data, settings: Settings, skipped: Counter, timings) -> Tables:
+    """The previous folder's tables grown by the new files (fusionrec/data/update.py)."""
+    with stage("merge with previous", timings):
+        merged = merge_ratings(previous, data.ratings, skipped)
+        data.ratings = None
+    inter = merged.interactions
+    added = [data.records[int(m)] for m in merged.new_movie_ids]
+    added += new_extra_records(previous, added, list(data.extra_records))
+    num_movies = previous.num_movies + len(added)
+    num_users = int(inter.user_ids.size) + 1
+    splits = settings.splits
+    with stage("splits", timings):
+        num_ratings = np.bincount(inter.movie_index, minlength=num_movies)
+        cold = updated_cold_items(
+            previous, num_ratings,
+            {"fraction": splits["cold_fraction"], "min_interactions": splits["cold_min_interactions"], "seed": splits["cold_seed"]},
+        )  # fmt: skip
+        cutoffs = temporal_cutoffs(inter.timestamp, splits["temporal_quantile"])
+        sequences = build_sequences_table(inter, num_users, splits["loo_min_interactions"], cutoffs)
+    with stage("encode movies", timings):
+        spec = previous.spec
+        features = feature_vocabularies(added, settings.min_counts, settings.max_lengths, previous=spec)
+        numeric = numeric_statistics(numeric_matrix(added))
+        features["numeric_features"] = {
+            **spec["numeric_features"],
+            "missing": {k: v + numeric["missing"][k] for k, v in spec["numeric_features"]["missing"].items()},
+        }
+        features["missing_values"] = {k: v + missing_values(added)[k] for k, v in spec["missing_values"].items()}
+        rows = encode_movies(added, features, num_ratings[previous.num_movies :], cold[previous.num_movies :],
+                             first_index=previous.num_movies)  # fmt: skip
+        movies = pa.concat_tables([stored_movies(previous, num_ratings, cold).cast(rows.schema), rows])
+    counts = {
+        "movies_rated": int((num_ratings > 0).sum()),
+        "movies_with_metadata": int(spec["counts"]["movies_with_metadata"]) + sum(r.has_metadata for r in added),
+    }
+    merged.counts["movies_added"] = len(added)
+    history = lineage(previous, merged.counts, added_tokens(spec, features))
+    return Tables(movies, sequences, inter, features, cutoffs, int(cold.sum()), counts, history)
+
+
 def prepare(
-    source: str = "synthetic",
+    source: str | None = None,
     output: str | os.PathLike = "data/prepared/synthetic",
     data_dir: str | os.PathLike | None = None,
     *,
+    update_from: str | os.PathLike | None = None,
     ratings: str | None = None,
     links: str | None = None,
     seed: int = 0,
     min_counts: dict[str, int] | None = None,
     max_lengths: dict[str, int] | None = None,
-    loo_min_interactions: int = 3,
-    temporal_quantile: float = 0.9,
-    cold_fraction: float = 0.1,
-    cold_min_interactions: int = 5,
+    loo_min_interactions: int | None = None,
+    temporal_quantile: float | None = None,
+    cold_fraction: float | None = None,
+    cold_min_interactions: int | None = None,
     cold_seed: int | None = None,
     rating_range: tuple[float, float] = DEFAULT_RATING_RANGE,
     include_unrated: bool = False,
@@ -164,22 +314,38 @@ def prepare(
     hub_private: bool | None = None,
     progress: bool = False,
 ) -> PrepareSummary:
-    """Raw files -> dataset folder at `output` (docs/DATASET_FORMAT.md). Returns a PrepareSummary.
+    """Raw files -> dataset folder at `output` (docs/DATASET_FORMAT.md). Returns a PrepareSummary. Split settings
+    left None take their defaults (SPLIT_DEFAULTS; the cold seed defaults to `seed`).
+
+    With `update_from` (a prepared folder), the raw files are added to that folder's data and every stored index,
+    vocabulary entry and statistic is kept (fusionrec/data/update.py); the settings come from that folder.
 
     Raises PrepareError for bad input (missing file/column, bad options, nothing left after cleaning)."""
-    if source not in SOURCES:
+    given = {
+        "loo_min_interactions": loo_min_interactions,
+        "temporal_quantile": temporal_quantile,
+        "cold_fraction": cold_fraction,
+        "cold_min_interactions": cold_min_interactions,
+        "cold_seed": cold_seed,
+    }
+    if source is not None and source not in SOURCES:
         raise PrepareError(f"unknown --source {source!r}; choose one of {', '.join(SOURCES)}")
-    if not 0.0 < temporal_quantile < 1.0:
-        raise PrepareError(f"--temporal-quantile must be in (0, 1), got {temporal_quantile}")
-    if not 0.0 <= cold_fraction <= 1.0:
-        raise PrepareError(f"--cold-fraction must be in [0, 1], got {cold_fraction}")
-    mins = merge_options(DEFAULT_MIN_COUNT, min_counts, "--min-count")
-    maxes = merge_options(DEFAULT_MAX_LENGTH, max_lengths, "--max-length")
-    cold_seed = seed if cold_seed is None else cold_seed
-    output = Path(output)
+    previous = None
     timings: dict[str, float] = {}
-    skipped: Counter = Counter()
     started = time.perf_counter()
+    if update_from is not None:
+        settings = previous_settings(read_previous_spec(update_from), Path(update_from), source, given, min_counts, max_lengths)
+        with stage("read previous", timings):
+            previous = read_previous(update_from)
+    else:
+        settings = fresh_settings(source, given, min_counts, max_lengths, seed)
+    source, splits = settings.source, settings.splits
+    if not 0.0 < splits["temporal_quantile"] < 1.0:
+        raise PrepareError(f"--temporal-quantile must be in (0, 1), got {splits['temporal_quantile']}")
+    if not 0.0 <= splits["cold_fraction"] <= 1.0:
+        raise PrepareError(f"--cold-fraction must be in [0, 1], got {splits['cold_fraction']}")
+    output = Path(output)
+    skipped: Counter = Counter()
 
     with tempfile.TemporaryDirectory(prefix="fusionrec-raw-") as scratch:
         if source == "synthetic":
@@ -205,36 +371,29 @@ def prepare(
         with stage("checksums", timings):
             source_files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in data.files}
 
-    rc = data.ratings
-    rows_read = rc.rows_read
-    if rc.user.size == 0:
+    rows_read = data.ratings.rows_read
+    if data.ratings.user.size == 0 and previous is None:
         raise PrepareError(
             f"no valid ratings left in {data.files[0].name} (skipped: {dict(skipped)}); check the file"
         )
-    with stage("order + deduplicate", timings):
-        inter = build_interactions(rc, skipped)
-        del rc, data.ratings
-    num_users = int(inter.user_ids.size) + 1
-    records = [data.records[int(m)] for m in inter.movie_ids] + list(data.extra_records)
-    num_movies = len(records)
-    with stage("splits", timings):
-        num_ratings = np.bincount(inter.movie_index, minlength=num_movies)
-        cold = choose_cold_items(num_ratings, cold_fraction, cold_min_interactions, cold_seed)
-        cutoffs = temporal_cutoffs(inter.timestamp, temporal_quantile)
-        sequences = build_sequences_table(inter, num_users, loo_min_interactions, cutoffs)
-    with stage("encode movies", timings):
-        movies, feature_parts = build_movies_table(records, num_ratings, cold, mins, maxes)
-    ratings_kept = int(inter.rating.size)
+    if previous is None:
+        tables = fresh_tables(data, settings, skipped, timings)
+        new_kept = int(tables.inter.rating.size)
+    else:
+        tables = updated_tables(previous, data, settings, skipped, timings)
+        added = tables.lineage["added"]
+        new_kept = added["ratings_added"] + added["ratings_replaced"] + added["ratings_unchanged"]
+    inter = tables.inter
     ratings_skipped = sum(v for k, v in skipped.items() if k.startswith("ratings/"))
-    if ratings_kept + ratings_skipped != rows_read:  # pragma: no cover - internal consistency guard
-        raise RuntimeError(f"ratings accounting broke: {ratings_kept} + {ratings_skipped} != {rows_read}")
+    if new_kept + ratings_skipped != rows_read:  # pragma: no cover - internal consistency guard
+        raise RuntimeError(f"ratings accounting broke: {new_kept} + {ratings_skipped} != {rows_read}")
+    num_movies, num_users = tables.movies.num_rows, int(inter.user_ids.size) + 1
     counts = {
         "ratings_read": int(rows_read),
-        "ratings_kept": ratings_kept,
+        "ratings_kept": int(inter.rating.size),
         "users": num_users - 1,
         "movies": num_movies,
-        "movies_rated": int(inter.movie_ids.size),
-        "movies_with_metadata": int(sum(r.has_metadata for r in records)),
+        **tables.counts,
     }
     spec: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -243,9 +402,9 @@ def prepare(
         "num_users": num_users,
         "pad_index": PAD_INDEX,
         "oov_index": OOV_INDEX,
-        "numeric_features": feature_parts["numeric_features"],
-        "categorical_features": feature_parts["categorical_features"],
-        "multi_valued_features": feature_parts["multi_valued_features"],
+        "numeric_features": tables.features["numeric_features"],
+        "categorical_features": tables.features["categorical_features"],
+        "multi_valued_features": tables.features["multi_valued_features"],
         "text": {
             "column": "text",
             "template": TEXT_TEMPLATE,
@@ -257,22 +416,22 @@ def prepare(
         "time": {"min_timestamp": int(inter.timestamp.min()), "max_timestamp": int(inter.timestamp.max())},
         "splits": {
             "default": "leave_one_out",
-            "leave_one_out": {"min_interactions": loo_min_interactions},
+            "leave_one_out": {"min_interactions": splits["loo_min_interactions"]},
             "temporal": {
-                "quantile": temporal_quantile,
-                "test_cutoff": cutoffs[0],
-                "valid_cutoff": cutoffs[1],
+                "quantile": splits["temporal_quantile"],
+                "test_cutoff": tables.cutoffs[0],
+                "valid_cutoff": tables.cutoffs[1],
             },
             "cold_items": {
-                "seed": cold_seed,
-                "fraction": cold_fraction,
-                "min_interactions": cold_min_interactions,
-                "num_cold_items": int(cold.sum()),
+                "seed": splits["cold_seed"],
+                "fraction": splits["cold_fraction"],
+                "min_interactions": splits["cold_min_interactions"],
+                "num_cold_items": tables.num_cold,
             },
         },
         "counts": counts,
         "skipped": dict(sorted(skipped.items())),
-        "missing_values": feature_parts["missing_values"],
+        "missing_values": tables.features["missing_values"],
         "source_files": source_files,
     }
     if source == "synthetic":
@@ -282,11 +441,13 @@ def prepare(
             "movies": synthetic_movies,
             "ratings_per_user": synthetic_ratings_per_user,
         }
+    if tables.lineage is not None:
+        spec["lineage"] = tables.lineage
     license_id, note = LICENSES[source]
     with stage("write", timings):
         check_output_folder(output)
         with atomic_directory(output) as tmp:
-            write_dataset(tmp, movies, sequences, spec, license_id, note)
+            write_dataset(tmp, tables.movies, tables.sequences, spec, license_id, note)
     pushed = None
     if push_to_hub_repo:
         if source == "movielens":
@@ -330,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a fusionrec dataset folder (parquet + feature_spec.json + dataset card) from raw files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--source", choices=SOURCES, default="synthetic", help="input kind")
+    parser.add_argument(
+        "--source", choices=SOURCES, default=None, help="input kind (default: synthetic; with --update: the previous one)"
+    )
     parser.add_argument("--data-dir", type=Path, help="folder with the raw files (tmdb, movielens)")
     parser.add_argument(
         "--ratings",
@@ -339,18 +502,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--links", help="links file in --data-dir (default: matches --ratings)")
     parser.add_argument("--output", type=Path, required=True, help="dataset folder to (re)create")
+    parser.add_argument(
+        "--update", type=Path, metavar="PREVIOUS_DIR",
+        help="add --data-dir's files to this prepared folder: every movie, user and vocabulary index is kept, new "
+        "ones appended (see 'Updating with new data' in README.md). --data-dir holds files of the same source: the "
+        "whole current files, or only the new rows (ratings, plus links and metadata rows of the new movies); "
+        "ratings already stored are recognised. Split and vocabulary settings come from PREVIOUS_DIR",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="synthetic generator and cold-item seed")
     parser.add_argument("--cold-seed", type=int, help="cold-item seed (default: --seed)")
     parser.add_argument(
-        "--cold-fraction", type=float, default=0.1, help="share of eligible movies held out cold"
+        "--cold-fraction", type=float, help=f"share of eligible movies held out cold (default {SPLIT_DEFAULTS['cold_fraction']})"
     )
     parser.add_argument(
-        "--cold-min-interactions", type=int, default=5, help="ratings a movie needs to be cold"
-    )
+        "--cold-min-interactions", type=int,
+        help=f"ratings a movie needs to be cold (default {SPLIT_DEFAULTS['cold_min_interactions']})",
+    )  # fmt: skip
     parser.add_argument(
-        "--temporal-quantile", type=float, default=0.9, help="temporal split cut-off quantile"
-    )
-    parser.add_argument("--loo-min-interactions", type=int, default=3, help="leave-one-out needs n >= this")
+        "--temporal-quantile", type=float,
+        help=f"temporal split cut-off quantile (default {SPLIT_DEFAULTS['temporal_quantile']})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--loo-min-interactions", type=int,
+        help=f"leave-one-out needs n >= this (default {SPLIT_DEFAULTS['loo_min_interactions']})",
+    )  # fmt: skip
     parser.add_argument(
         "--min-count", action="append", metavar="NAME=N",
         help=f"vocabulary min count per feature (repeatable; 'all=N' or N for all). Defaults: {DEFAULT_MIN_COUNT}",
@@ -388,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.source,
             args.output,
             args.data_dir,
+            update_from=args.update,
             ratings=args.ratings,
             links=args.links,
             seed=args.seed,

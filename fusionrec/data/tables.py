@@ -150,34 +150,49 @@ def build_sequences_table(
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def build_movies_table(
+def token_counts(records: Sequence[MovieRecord]) -> dict[str, Counter]:
+    """Per categorical and multi-valued feature: in how many movies each token occurs."""
+    counts = {name: Counter(r.categorical[name] for r in records if r.categorical.get(name)) for name in CATEGORICAL_FEATURES}
+    counts.update({name: Counter(t for r in records for t in set(r.bags[name])) for name in MULTI_VALUED_FEATURES})
+    return counts
+
+
+def extend_vocab(vocab: Sequence[str], counts: Counter | dict, min_count: int) -> list[str]:
+    """`vocab` unchanged, then the tokens it lacks with count >= min_count (descending count, then token): indices
+    a trained model knows keep their meaning."""
+    known = set(vocab)
+    return list(vocab) + [t for t in build_vocab(counts, min_count)[2:] if t not in known]
+
+
+def feature_vocabularies(
     records: Sequence[MovieRecord],
-    num_ratings: np.ndarray,
-    cold: np.ndarray,
     min_counts: dict[str, int],
     max_lengths: dict[str, int],
-) -> tuple[pa.Table, dict[str, Any]]:
-    """Encode catalog records; returns the table and the feature_spec pieces (vocabularies, numeric stats)."""
-    spec: dict[str, Any] = {"categorical_features": {}, "multi_valued_features": {}}
-    cat_index: dict[str, dict[str, int]] = {}
-    for name in CATEGORICAL_FEATURES:
-        counts = Counter(r.categorical[name] for r in records if r.categorical.get(name))
-        vocab = build_vocab(counts, min_counts[name])
-        cat_index[name] = {t: i for i, t in enumerate(vocab)}
-        spec["categorical_features"][name] = {"vocab": vocab, "min_count": min_counts[name]}
-    bag_index: dict[str, dict[str, int]] = {}
-    for name in MULTI_VALUED_FEATURES:
-        counts = Counter(t for r in records for t in set(r.bags[name]))
-        vocab = build_vocab(counts, min_counts[name])
-        bag_index[name] = {t: i for i, t in enumerate(vocab)}
-        spec["multi_valued_features"][name] = {
-            "vocab": vocab,
-            "min_count": min_counts[name],
-            "max_length": max_lengths[name],
-        }
-    numeric = np.array([[r.numeric[n] for n in NUMERIC_FEATURES] for r in records], dtype=np.float64).reshape(
-        len(records), len(NUMERIC_FEATURES)
-    )
+    *,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `categorical_features` and `multi_valued_features` parts of the feature spec, built from `records`; with
+    `previous` (those parts of an earlier spec) its vocabularies are kept and only new tokens are appended."""
+    counts = token_counts(records)
+    parts: dict[str, Any] = {"categorical_features": {}, "multi_valued_features": {}}
+    for part, names in (("categorical_features", CATEGORICAL_FEATURES), ("multi_valued_features", MULTI_VALUED_FEATURES)):
+        for name in names:
+            old = previous[part][name]["vocab"] if previous else [PAD_TOKEN, OOV_TOKEN]
+            entry = {"vocab": extend_vocab(old, counts[name], min_counts[name]), "min_count": min_counts[name]}
+            if part == "multi_valued_features":
+                entry["max_length"] = max_lengths[name]
+            parts[part][name] = entry
+    return parts
+
+
+def numeric_matrix(records: Sequence[MovieRecord]) -> np.ndarray:
+    """(movies, numeric features) float64, NaN = missing."""
+    values = [[r.numeric[n] for n in NUMERIC_FEATURES] for r in records]
+    return np.array(values, dtype=np.float64).reshape(len(records), len(NUMERIC_FEATURES))
+
+
+def numeric_statistics(numeric: np.ndarray) -> dict[str, Any]:
+    """The `numeric_features` part of the feature spec: names, mean and std of the present values, missing counts."""
     means, stds, missing = [], [], []
     for j in range(len(NUMERIC_FEATURES)):
         col = numeric[:, j]
@@ -187,33 +202,45 @@ def build_movies_table(
         means.append(mean)
         stds.append(std if std > 0 else 1.0)
         missing.append(int(col.size - present.size))
-    spec["numeric_features"] = {
+    return {
         "names": list(NUMERIC_FEATURES),
         "mean": means,
         "std": stds,
         "transforms": dict(NUMERIC_TRANSFORMS),
         "missing": dict(zip(NUMERIC_FEATURES, missing, strict=True)),
     }
+
+
+def missing_values(records: Sequence[MovieRecord]) -> dict[str, int]:
+    return {
+        "overview": sum(1 for r in records if r.has_metadata and not r.overview),
+        "tagline": sum(1 for r in records if r.has_metadata and not r.tagline),
+        "year": sum(1 for r in records if r.year is None),
+        "title": sum(1 for r in records if not r.title),
+    }
+
+
+def encode_movies(
+    records: Sequence[MovieRecord],
+    vocabularies: dict[str, Any],
+    num_ratings: np.ndarray,
+    cold: np.ndarray,
+    *,
+    first_index: int = 0,
+) -> pa.Table:
+    """The movies table rows of `records` (movie_index from `first_index`), encoded with the spec's vocabularies."""
     n = len(records)
-    texts = []
-    titles = []
-    for r in records:
-        title = r.title or (f"movie {r.movie_id}" if r.movie_id is not None else "")
-        titles.append(title)
-        texts.append(
-            render_text(
-                title,
-                r.year,
-                r.genres,
-                r.tagline,
-                r.overview,
-                r.bags["keywords"][:TEXT_MAX_KEYWORDS],
-                r.cast_names[:TEXT_MAX_CAST],
-                r.directors,
-            )  # fmt: skip
+    numeric = numeric_matrix(records)
+    titles = [r.title or (f"movie {r.movie_id}" if r.movie_id is not None else "") for r in records]
+    texts = [
+        render_text(
+            title, r.year, r.genres, r.tagline, r.overview, r.bags["keywords"][:TEXT_MAX_KEYWORDS],
+            r.cast_names[:TEXT_MAX_CAST], r.directors,
         )
+        for title, r in zip(titles, records, strict=True)
+    ]  # fmt: skip
     columns: dict[str, pa.Array] = {
-        "movie_index": pa.array(np.arange(n, dtype=np.int32)),
+        "movie_index": pa.array(np.arange(first_index, first_index + n, dtype=np.int32)),
         "movie_id": pa.array([r.movie_id for r in records], type=pa.int64()),
         "tmdb_id": pa.array([r.tmdb_id for r in records], type=pa.int64()),
         "imdb_id": pa.array([r.imdb_id for r in records], type=pa.string()),
@@ -225,13 +252,13 @@ def build_movies_table(
             pa.array(numeric.astype(np.float32).ravel(), type=pa.float32(), from_pandas=False),
         ),
     }
-    for name in CATEGORICAL_FEATURES:
-        index = cat_index[name]
+    for name, feature in vocabularies["categorical_features"].items():
+        index = {t: i for i, t in enumerate(feature["vocab"])}
         columns[f"cat_{name}"] = pa.array(
             np.array([encode_category(r.categorical[name], index) for r in records], dtype=np.int32)
         )
-    for name in MULTI_VALUED_FEATURES:
-        index, limit = bag_index[name], max_lengths[name]
+    for name, feature in vocabularies["multi_valued_features"].items():
+        index, limit = {t: i for i, t in enumerate(feature["vocab"])}, feature["max_length"]
         columns[f"bag_{name}"] = pa.array(
             [encode_bag(r.bags[name], index, limit) for r in records], type=pa.list_(pa.int32())
         )
@@ -239,13 +266,21 @@ def build_movies_table(
     columns["has_metadata"] = pa.array([r.has_metadata for r in records], type=pa.bool_())
     columns["num_ratings"] = pa.array(np.asarray(num_ratings, dtype=np.int32))
     columns["cold_item"] = pa.array(np.asarray(cold, dtype=bool))
-    spec["missing_values"] = {
-        "overview": sum(1 for r in records if r.has_metadata and not r.overview),
-        "tagline": sum(1 for r in records if r.has_metadata and not r.tagline),
-        "year": sum(1 for r in records if r.year is None),
-        "title": sum(1 for r in records if not r.title),
-    }
-    return pa.table(columns), spec
+    return pa.table(columns)
+
+
+def build_movies_table(
+    records: Sequence[MovieRecord],
+    num_ratings: np.ndarray,
+    cold: np.ndarray,
+    min_counts: dict[str, int],
+    max_lengths: dict[str, int],
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Encode catalog records; returns the table and the feature_spec pieces (vocabularies, numeric stats)."""
+    spec = feature_vocabularies(records, min_counts, max_lengths)
+    spec["numeric_features"] = numeric_statistics(numeric_matrix(records))
+    spec["missing_values"] = missing_values(records)
+    return encode_movies(records, spec, num_ratings, cold), spec
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:

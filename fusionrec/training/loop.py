@@ -32,6 +32,7 @@ from fusionrec.data.collator import TrainingCollator
 from fusionrec.data.loading import check_compatible, load_feature_spec
 from fusionrec.data.sequences import subset_examples
 from fusionrec.errors import DatasetError, first_line
+from fusionrec.growth import grow_model, grown_config
 from fusionrec.hub import HubUploader
 from fusionrec.training.batches import EpochBatchSampler, KeyedCollator, KeyedWindows, load_training_data
 from fusionrec.training.checkpoints import TrainerState, resolve_resume, save_checkpoint, save_model
@@ -124,6 +125,8 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     if args.init_from is not None and not (Path(args.init_from) / "config.json").is_file():
         raise UsageError(f"--init-from {args.init_from}: no config.json (expected a save_pretrained folder)")
     config = build_config(args, spec)
+    if args.init_from is not None:
+        config = grown_config(config, spec, dataset_dir=args.dataset)
     check_compatible(config, spec, dataset_dir=args.dataset)
 
     from accelerate import Accelerator
@@ -152,7 +155,9 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         raise UsageError(f"--dataset {args.dataset}: no training events under split {args.split}")
 
     if args.init_from is not None:
-        model = FusionModel.from_pretrained(args.init_from, config=config)
+        # Loaded at its own size, then grown to an updated dataset's (new rows as fusionrec/growth.py says).
+        model = grow_model(FusionModel.from_pretrained(args.init_from), spec, dataset_dir=args.dataset, seed=args.seed)
+        config = model.config
     else:
         model = FusionModel(config)
     model.train()

@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-eval-users", type=int, default=None, help="evaluate on at most this many validation events")
 
     model = parser.add_argument_group("model (ignored with --init-from / --resume-from-checkpoint: the config comes from there)")
-    model.add_argument("--init-from", type=Path, default=None, help="start from this save_pretrained folder's weights")
+    model.add_argument(
+        "--init-from", type=Path, default=None,
+        help="start from this save_pretrained folder's weights; a model trained before --dataset was updated "
+        "(prepare_dataset.py --update) grows its movie, user and vocabulary tables to it, stored rows unchanged",
+    )  # fmt: skip
     model.add_argument("--hidden-size", type=int, default=64, help="width of both towers and of the vectors")
     model.add_argument("--num-layers", type=int, default=2, help="user Transformer layers")
     model.add_argument("--num-heads", type=int, default=4, help="user Transformer attention heads")

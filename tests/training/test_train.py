@@ -266,6 +266,33 @@ def test_checkpoint_from_another_feature_spec_is_one_line(dataset, tmp_path, cap
     assert "no step_N checkpoint" in one_line_error(capsys)
 
 
+def test_init_from_grows_a_model_trained_before_the_update_and_trains_on_the_new_folder(updated_dataset, tmp_path):
+    _, old, new = updated_dataset
+    common = ["--eval-steps", 0, "--no-text", *TINY]
+    assert run(["--dataset", old, "--output-dir", tmp_path / "old", "--max-steps", 3, *common]) == 0
+    before = load_file(tmp_path / "old" / "final" / "model.safetensors")
+    # learning rate 0: the grown weights reach the saved model untouched, so the growth itself is what we see
+    assert run(["--dataset", new.output_dir, "--output-dir", tmp_path / "frozen", "--init-from", tmp_path / "old" / "final",
+                "--max-steps", 2, "--learning-rate", 0, *common]) == 0
+    grown = load_file(tmp_path / "frozen" / "final" / "model.safetensors")
+    config = json.loads((tmp_path / "frozen" / "final" / "config.json").read_text())
+    assert (config["num_movies"], config["num_users"]) == (new.num_movies, new.num_users)
+    assert config["multi_valued_vocab_sizes"]["genres"] == len(new.feature_spec["multi_valued_features"]["genres"]["vocab"])
+    assert set(grown) == set(before)
+    resized = [name for name in before if grown[name].shape != before[name].shape]
+    assert {"movie_tower.id_embedding.weight", "user_tower.user_embedding.weight",
+            "movie_tower.bag_embeddings.genres.weight"} <= set(resized)  # fmt: skip
+    for name, weight in before.items():
+        assert torch.equal(grown[name][: len(weight)], weight), name
+    # a real run from the same start moves the weights, and its model reads the new folder
+    assert run(["--dataset", new.output_dir, "--output-dir", tmp_path / "trained", "--init-from", tmp_path / "old" / "final",
+                "--max-steps", 4, "--learning-rate", "3e-3", *common]) == 0
+    trained = load_file(tmp_path / "trained" / "final" / "model.safetensors")
+    assert not torch.equal(trained["movie_tower.id_embedding.weight"], grown["movie_tower.id_embedding.weight"])
+    result = summary(tmp_path / "trained")
+    assert result["finished"] and result["global_step"] == 4 and result["last_validation"]["ndcg@10"] >= 0
+
+
 def test_unknown_option_is_one_line_exit_2_from_the_command_line(tmp_path):
     result = subprocess.run(
         [PYTHON, str(REPO_ROOT / "train_accelerate.py"), "--dataset", str(tmp_path), "--output-dir", str(tmp_path),
