@@ -54,6 +54,7 @@ class TrainerState:
         self.best_step: int | None = None
         self.evaluations_without_improvement = 0
         self.history: list[dict] = []
+        self.cpu_seconds = 0.0  # this process's CPU time in train(), summed over resumes: time to quality
 
     def state_dict(self) -> dict:
         return dict(vars(self))

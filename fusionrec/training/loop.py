@@ -239,13 +239,18 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     loss_batches = 0
     started = time.perf_counter()
     train_seconds = 0.0
+    cpu_started, cpu_before = time.process_time(), state.cpu_seconds
     stopped_early = False
+
+    def cpu_seconds() -> float:
+        return cpu_before + time.process_time() - cpu_started
 
     def run_evaluation() -> None:
         nonlocal last_metrics
+        spent = cpu_seconds()
         metrics = evaluate(accelerator, model, data.catalog, data.validation)
         last_metrics = metrics
-        state.history.append({"step": state.global_step, **metrics})
+        state.history.append({"step": state.global_step, "cpu_seconds": spent, **metrics})
         accelerator.log({f"validation/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=state.global_step)
         score = metrics.get("ndcg@10", 0.0)
         say(
@@ -334,6 +339,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
             periodic = args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0
             preempted = at_end and state.global_step < args.max_steps
             if periodic or preempted or (args.checkpointing_steps and (at_end or stopped_early)):
+                state.cpu_seconds = cpu_seconds()
                 save_checkpoint(accelerator, args, state, config)
             if at_end or stopped_early:
                 break
@@ -350,6 +356,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         "best_validation_ndcg@10": state.best_metric,
         "last_validation": last_metrics,
         "train_seconds": train_seconds,
+        "cpu_seconds": cpu_seconds(),
         "wall_seconds": time.perf_counter() - started,
         "num_processes": accelerator.num_processes,
         "steps_per_epoch": steps_per_epoch,
