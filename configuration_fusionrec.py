@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any
@@ -60,6 +61,10 @@ class FusionRecConfig(PretrainedConfig):
     """
 
     model_type = "fusionrec"
+    # The task `pipeline(..., trust_remote_code=True)` finds in config.json: the class lives in the remote code.
+    custom_pipelines_default = {
+        "movie-recommendation": {"impl": "modeling_fusionrec.MovieRecommendationPipeline", "pt": ["AutoModel"]}
+    }
 
     def __init__(
         self,
@@ -142,6 +147,7 @@ class FusionRecConfig(PretrainedConfig):
         self.logq_correction = logq_correction
         self.rating_loss_weight = rating_loss_weight
         self.initializer_range = initializer_range
+        kwargs.setdefault("custom_pipelines", copy.deepcopy(self.custom_pipelines_default))
         super().__init__(**kwargs)
         self._check_sizes()
 

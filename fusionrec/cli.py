@@ -5,6 +5,7 @@ parsing, and turning bad input into ONE clear line (exit code 2).
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import re
@@ -36,7 +37,20 @@ def run_command(body: Callable[[], int | None]) -> int:
         return EXIT_BAD_INPUT
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are CommandErrors, so `run_command` prints them as ONE line with exit code 2
+    (parse inside the command body)."""
+
+    def error(self, message: str):
+        raise CommandError(f"{self.prog}: {message}")
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(text: str) -> bool:
+    """"owner/name", the shape of a Hub repo id."""
+    return bool(_HUB_ID.match(text))
 
 
 def load_model(name_or_path: str | os.PathLike, *, device: str = "cpu"):
@@ -44,12 +58,13 @@ def load_model(name_or_path: str | os.PathLike, *, device: str = "cpu"):
     from transformers import AutoModel
 
     name = os.fspath(name_or_path)
-    if not Path(name).exists() and not _HUB_ID.match(name):
+    if not Path(name).exists() and not is_hub_id(name):
         raise CommandError(f"{name}: model folder not found; give a folder written by save_pretrained or a Hub id.")
     if Path(name).exists() and not (Path(name) / "config.json").is_file():
         raise CommandError(f"{name}: no config.json there; give a folder written by save_pretrained.")
     try:
-        model = AutoModel.from_pretrained(name, trust_remote_code=True)
+        with quiet_libraries():
+            model = AutoModel.from_pretrained(name, trust_remote_code=True)
     except (OSError, ValueError, KeyError) as error:
         raise CommandError(f"{name}: cannot load the model ({one_line(error)[:300]}).") from error
     if getattr(model.config, "model_type", None) != "fusionrec":
@@ -138,7 +153,7 @@ class Session:
 
 
 def open_session(
-    model: str | os.PathLike,
+    model,
     dataset: str | os.PathLike,
     *,
     device: str = "cpu",
@@ -146,11 +161,13 @@ def open_session(
     batch_size: int = 512,
     show_progress: bool = False,
 ) -> Session:
-    """Load the model and the dataset, and check they come from the same feature spec (one line if not). A model
-    trained before the dataset was updated (prepare_dataset.py --update) grows to it (fusionrec/growth.py)."""
+    """Load the model (a folder or Hub id, or an already loaded model) and the dataset, and check they come from the
+    same feature spec (one line if not). A model trained before the dataset was updated (prepare_dataset.py
+    --update) grows to it (fusionrec/growth.py)."""
     dataset_dir = check_dataset_dir(dataset)
     with quiet_libraries():
-        loaded = grow_model(load_model(model, device=device), load_feature_spec(dataset_dir), dataset_dir=dataset_dir)
+        loaded = load_model(model, device=device) if isinstance(model, str | os.PathLike) else model
+        loaded = grow_model(loaded, load_feature_spec(dataset_dir), dataset_dir=dataset_dir)
         catalog, spec = load_catalog(dataset_dir, loaded.config, cache_root=cache_dir, show_progress=show_progress)
         movies, sequences = load_tables(dataset_dir)
     id_columns = ["movie_index", "movie_id", "tmdb_id", "imdb_id", "title", "year"]
@@ -171,18 +188,14 @@ def open_session(
 
 def parse_date(text: str) -> int:
     """YYYY-MM-DD (UTC) -> unix seconds of the END of that day, so ratings made on that day count ("as of" the
-    date, inclusive). A full ISO time (YYYY-MM-DDTHH:MM:SS, UTC unless it names a zone) is taken as given."""
-    text = text.strip()
+    date, inclusive). A full ISO time (YYYY-MM-DDTHH:MM:SS, UTC unless it names a zone) is taken as given. The model's
+    own reading of "as of" (modeling_fusionrec.as_of_seconds), so the command and a released model agree."""
+    from modeling_fusionrec import as_of_seconds
+
     try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-            day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
-            return int((day + dt.timedelta(days=1)).timestamp()) - 1
-        moment = dt.datetime.fromisoformat(text)
+        return as_of_seconds(text.strip())
     except ValueError:
         raise CommandError(f"--as-of {text!r}: not a date; write YYYY-MM-DD (e.g. 2015-01-01).") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return int(moment.timestamp())
 
 
 def format_time(seconds: int) -> str:

@@ -1,5 +1,6 @@
-"""Uploads to the Hugging Face Hub, in one place: saved models during training (background, retried, never
-touching the local copy) and a prepared dataset folder as a dataset repo.
+"""Uploads to the Hugging Face Hub, in one place and one way (one commit per folder, failed attempts retried with a
+growing pause): saved models during training (in the background, from a private copy, never touching the local
+folder), and finished folders (a release, a prepared dataset) with `upload_folder`.
 """
 
 from __future__ import annotations
@@ -18,24 +19,33 @@ from fusionrec.errors import first_line
 class _Upload:
     name: str
     folder: Path
-    staging: Path
+    staging: Path | None  # the private copy uploaded (removed afterwards); None: the folder itself
     path_in_repo: str
     message: str
     attempts: int = 0
     future: Future | None = None
     retry_at: float | None = None
     errors: list[str] = field(default_factory=list)
+    commit_url: str | None = None
+
+
+RETRY_BACKOFF = 2.0  # seconds before the first retry of a failed upload; doubles with each further attempt
+
+
+class HubUploadError(RuntimeError):
+    """An upload that failed on every attempt; the message is one line with the last error."""
 
 
 class HubUploader:
-    """Uploads saved models with `api.upload_folder(..., run_as_future=True)`. Each upload reads a private staging
-    copy (the local folder may be replaced by a later save meanwhile, and is never modified by the uploader). A
-    failed attempt is reported and retried after `backoff`, `2*backoff`, ... seconds, up to `attempts` tries."""
+    """Uploads folders with `api.upload_folder(..., run_as_future=True)`, one commit each. With a `staging_root`,
+    each upload reads a private copy (during training the local folder may be replaced by a later save meanwhile;
+    the uploader never modifies it). A failed attempt is reported and retried after `backoff`, `2*backoff`, ...
+    seconds, up to `attempts` tries."""
 
-    def __init__(self, api, repo_id: str, *, staging_root: Path, private: bool = False, attempts: int = 3,
-                 backoff: float = 2.0, report=print) -> None:
-        self.api, self.repo_id, self.private = api, repo_id, private
-        self.staging_root = Path(staging_root)
+    def __init__(self, api, repo_id: str, *, staging_root: Path | None = None, private: bool | None = False,
+                 attempts: int = 3, backoff: float = 2.0, repo_type: str = "model", report=print) -> None:
+        self.api, self.repo_id, self.private, self.repo_type = api, repo_id, private, repo_type
+        self.staging_root = None if staging_root is None else Path(staging_root)
         self.max_attempts, self.backoff, self.report = max(1, attempts), backoff, report
         self.pending: list[_Upload] = []
         self.done: list[_Upload] = []
@@ -45,14 +55,18 @@ class HubUploader:
 
     def _ensure_repo(self) -> None:
         if not self._repo_ready:
-            self.api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+            self.api.create_repo(self.repo_id, repo_type=self.repo_type, private=self.private, exist_ok=True)
             self._repo_ready = True
 
     def submit(self, folder: Path, *, path_in_repo: str, message: str) -> None:
+        """Start uploading `folder` as one commit: from a staging copy when the uploader has a staging root (the
+        folder may change meanwhile), else from the folder itself (it must stay as it is until `finish`)."""
         self._counter += 1
-        staging = self.staging_root / f"{self._counter:04d}-{Path(folder).name}"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(folder, staging)
+        staging = None
+        if self.staging_root is not None:
+            staging = self.staging_root / f"{self._counter:04d}-{Path(folder).name}"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(folder, staging)
         upload = _Upload(Path(folder).name, Path(folder), staging, path_in_repo, message)
         self.pending.append(upload)
         self._start(upload)
@@ -64,7 +78,8 @@ class HubUploader:
             self._ensure_repo()
             upload.future = self.api.upload_folder(
                 repo_id=self.repo_id,
-                folder_path=str(upload.staging),
+                repo_type=self.repo_type,
+                folder_path=str(upload.staging or upload.folder),
                 path_in_repo=upload.path_in_repo or None,
                 commit_message=upload.message,
                 run_as_future=True,
@@ -79,12 +94,13 @@ class HubUploader:
             now = time.monotonic()
             for upload in list(self.pending):
                 if upload.future is not None and upload.future.done():
-                    error = upload.future.exception()
-                    upload.future = None
+                    future, upload.future = upload.future, None
+                    error = future.exception()
                     if error is None:
                         self.pending.remove(upload)
                         self.done.append(upload)
-                        shutil.rmtree(upload.staging, ignore_errors=True)
+                        upload.commit_url = getattr(future.result(), "commit_url", None)
+                        self._drop_staging(upload)
                         self.report(f"hub: uploaded {upload.name} to {self.repo_id}/{upload.path_in_repo} "
                                     f"(attempt {upload.attempts})")
                         continue
@@ -92,7 +108,7 @@ class HubUploader:
                     if upload.attempts >= self.max_attempts:
                         self.pending.remove(upload)
                         self.failed.append(upload)
-                        shutil.rmtree(upload.staging, ignore_errors=True)
+                        self._drop_staging(upload)
                         self.report(f"hub: upload of {upload.name} FAILED after {upload.attempts} attempts "
                                     f"({upload.errors[-1]}); the local copy {upload.folder} is kept")
                         continue
@@ -111,17 +127,40 @@ class HubUploader:
         self.poll(block=True)
         return not self.failed
 
+    @staticmethod
+    def _drop_staging(upload: _Upload) -> None:
+        if upload.staging is not None:
+            shutil.rmtree(upload.staging, ignore_errors=True)
 
-def push_to_hub(folder: Path, repo_id: str, api: Any = None, private: bool | None = None) -> Any:
-    """create_repo(exist_ok=True) + upload_folder as a dataset repo. `api` defaults to huggingface_hub.HfApi()."""
+
+def upload_folder(
+    folder: Path,
+    repo_id: str,
+    *,
+    message: str,
+    api: Any = None,
+    repo_type: str = "model",
+    private: bool | None = None,
+    attempts: int = 3,
+    backoff: float | None = None,
+    report=print,
+) -> str | None:
+    """A finished folder as ONE commit to `repo_id` (created if missing), retried as the training uploads are
+    (first pause `backoff`, default RETRY_BACKOFF seconds); returns the commit URL, or raises HubUploadError. `api`
+    defaults to huggingface_hub.HfApi()."""
+    backoff = RETRY_BACKOFF if backoff is None else backoff
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi()
-    api.create_repo(repo_id=repo_id, repo_type="dataset", exist_ok=True, private=private)
-    return api.upload_folder(
-        repo_id=repo_id,
-        repo_type="dataset",
-        folder_path=str(folder),
-        commit_message="Upload fusionrec prepared dataset",
+    uploader = HubUploader(
+        api, repo_id, private=private, attempts=attempts, backoff=backoff, repo_type=repo_type, report=report
     )
+    uploader.submit(Path(folder), path_in_repo="", message=message)
+    if not uploader.finish():
+        (failed,) = uploader.failed
+        raise HubUploadError(
+            f"upload of {folder} to the {repo_type} repo {repo_id} failed after {failed.attempts} attempts "
+            f"({failed.errors[-1]}); the local folder is complete, run the command again to retry"
+        )
+    return uploader.done[0].commit_url

@@ -38,3 +38,12 @@ def updated_dataset(tmp_path_factory):
     old = root / "prepared-old"
     prepare("tmdb", old, sources.old)
     return sources, old, prepare(output=root / "prepared-new", data_dir=sources.full, update_from=old)
+
+
+@pytest.fixture
+def classic_upload(monkeypatch):
+    """With hf_xet installed, upload_folder streams through xet endpoints instead of create_commit; force the
+    single-commit path so that local_hub.LocalHub's create_commit is the network edge."""
+    from huggingface_hub import hf_api
+
+    monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)

@@ -1,4 +1,4 @@
-"""Builders for tiny models, tokenizers and batches shared by the tests."""
+"""Builders for tiny models, tokenizers, batches and training runs shared by the tests."""
 
 from __future__ import annotations
 
@@ -118,3 +118,19 @@ def history_batch(config: FusionRecConfig, *, batch: int = 4, length: int = 8, s
         "user_indices": torch.randint(1, config.num_users, (batch,), generator=generator),
         "movie_inputs": movie_inputs(config, candidates, seed=seed),
     }
+
+
+def reset_accelerate_state() -> None:
+    """Each in-process run builds its own Accelerator; accelerate keeps process-wide singletons between them."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def train(argv: list, **kwargs) -> int:
+    """train_accelerate.py's main, in this process, with accelerate's singletons reset first."""
+    from fusionrec.training import loop
+
+    reset_accelerate_state()
+    return loop.main([str(a) for a in argv], **kwargs)

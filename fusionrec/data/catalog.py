@@ -28,6 +28,13 @@ class _Columns:
         return self.table[name][:]
 
 
+def _plain_id(value, *, as_text: bool):
+    """A nullable id column's value as int / str / None (datasets' numpy format gives NaN or None for nulls)."""
+    if value is None or (isinstance(value, float | np.floating) and np.isnan(value)):
+        return None
+    return str(value) if as_text else int(value)
+
+
 @dataclass
 class MovieCatalog:
     """Every movie's features as tensors, row i = movie_index i; `inputs(indices)` gives a model's movie_inputs."""
@@ -42,9 +49,30 @@ class MovieCatalog:
     num_ratings: torch.Tensor
     text_states: torch.Tensor | None = None
     text_lengths: torch.Tensor | None = None
+    movie_ids: list[int | None] | None = None  # MovieLens movieId, TMDB and IMDb ids and display genres: what a
+    tmdb_ids: list[int | None] | None = None  # released model's catalog shows (release_catalog)
+    imdb_ids: list[str | None] | None = None
+    genres: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def release_catalog(self, *, vectors: torch.Tensor | None = None, last_rating_time: int | None = None):
+        """The movies as a released model carries them (modeling_fusionrec.FusionCatalog): ids, titles, years,
+        genres and `vectors`; it also resolves typed titles and ids."""
+        from modeling_fusionrec import FusionCatalog
+
+        missing = [None] * len(self)
+        return FusionCatalog(
+            titles=self.titles,
+            years=self.years,
+            genres=self.genres or [[] for _ in self.titles],
+            movie_ids=self.movie_ids or missing,
+            tmdb_ids=self.tmdb_ids or missing,
+            imdb_ids=self.imdb_ids or missing,
+            vectors=vectors,
+            last_rating_time=last_rating_time,
+        )
 
     @classmethod
     def from_table(cls, movies, spec: dict) -> MovieCatalog:
@@ -64,6 +92,11 @@ class MovieCatalog:
             padded[np.arange(feature["max_length"]) < lengths[:, None]] = flat
             multi_valued[name] = torch.from_numpy(padded)
         years = movies["year"]
+        columns = set(movies.table.column_names)
+        ids = {
+            name: [_plain_id(value, as_text=name == "imdb_id") for value in movies[name]] if name in columns else None
+            for name in ("movie_id", "tmdb_id", "imdb_id")
+        }
         return cls(
             numeric=torch.from_numpy(numeric),
             categorical={
@@ -75,6 +108,10 @@ class MovieCatalog:
             years=[None if year is None or not np.isfinite(float(year)) else int(year) for year in years],
             cold_item=torch.from_numpy(np.asarray(movies["cold_item"], dtype=bool)),
             num_ratings=torch.from_numpy(np.asarray(movies["num_ratings"], dtype=np.int64)),
+            movie_ids=ids["movie_id"],
+            tmdb_ids=ids["tmdb_id"],
+            imdb_ids=ids["imdb_id"],
+            genres=[[str(g) for g in genres] for genres in movies["genres"]] if "genres" in columns else None,
         )
 
     def attach_text_cache(self, states: torch.Tensor, lengths: torch.Tensor) -> None:

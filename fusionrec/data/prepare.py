@@ -71,7 +71,7 @@ from fusionrec.data.update import (
     updated_cold_items,
 )
 from fusionrec.errors import PrepareError
-from fusionrec.hub import push_to_hub
+from fusionrec.hub import HubUploadError, upload_folder
 from fusionrec.io import atomic_directory, sha256_file
 
 FORMAT_VERSION = 1
@@ -455,7 +455,11 @@ def prepare(
                 "MovieLens terms forbid redistribution; pushing %s anyway as asked", push_to_hub_repo
             )
         with stage("push to hub", timings):
-            push_to_hub(output, push_to_hub_repo, api=hub_api, private=hub_private)
+            try:
+                upload_folder(output, push_to_hub_repo, repo_type="dataset", message="Upload fusionrec prepared dataset",
+                              api=hub_api, private=hub_private, report=logger.info)
+            except HubUploadError as error:
+                raise PrepareError(str(error)) from None
         pushed = push_to_hub_repo
     timings["total"] = time.perf_counter() - started
     return PrepareSummary(

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from fusionrec.io import atomic_replace_dir
-from fusionrec.training.options import UsageError
+from fusionrec.training.options import UsageError, command_line, portable, published_settings
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 
@@ -88,11 +88,6 @@ def save_checkpoint(accelerator, args, state: TrainerState, config) -> Path:
 
 def model_card(args, config, spec: dict, *, kind: str, step: int, metrics: dict, state: TrainerState) -> str:
     metric_rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in sorted(metrics.items()) if isinstance(value, float))
-    settings = {
-        key: (str(value) if isinstance(value, Path) else value)
-        for key, value in vars(args).items()
-        if not key.startswith("_") and key not in ("hub_token",)
-    }
     counts = spec.get("counts", {})
     return f"""---
 library_name: transformers
@@ -111,13 +106,17 @@ A two-tower movie recommender (content + frozen-text-encoder movie tower, causal
 ```python
 from transformers import AutoModel
 model = AutoModel.from_pretrained("<this folder or repo>", trust_remote_code=True)
+model.recommend_for_history(["Heat (1995)", ("tmdb:862", 4.0)], k=10)   # from the catalog saved beside it
 ```
 
+`release.py --model <this folder> --dataset DATA --repo you/NAME` evaluates it on the test splits and publishes it
+with a full model card.
+
 ## Dataset
-- folder: `{args.dataset}` (source: {spec.get('source', 'unknown')}); {spec.get('num_movies')} movies,
+- dataset: `{portable(args.dataset)}` (source: {spec.get('source', 'unknown')}); {spec.get('num_movies')} movies,
   {int(spec.get('num_users', 1)) - 1} users, {counts.get('ratings_kept', 'n/a')} ratings
 - split: `{args.split}`; validation metrics below are full-ranking over the catalog (history excluded)
-- text encoder: `{config.text_encoder_name_or_path if config.use_text else 'none (--no-text)'}`
+- text encoder: `{portable(config.text_encoder_name_or_path) if config.use_text else 'none (--no-text)'}`
   (revision {config.text_encoder_revision}, {config.text_max_length} tokens; not stored in this checkpoint)
 
 ## Validation metrics ({kind}, step {step}; best step {state.best_step})
@@ -125,27 +124,49 @@ model = AutoModel.from_pretrained("<this folder or repo>", trust_remote_code=Tru
 |---|---|
 {metric_rows or '| (none) | |'}
 
-## Training settings
+## Training
+```bash
+{command_line(args)}
+```
+
 ```json
-{json.dumps(settings, indent=1, sort_keys=True, default=str)}
+{json.dumps(published_settings(args), indent=1, sort_keys=True, default=str)}
 ```
 """
 
 
-def save_model(accelerator, model, args, config, spec, *, kind: str, step: int, metrics: dict, state) -> Path | None:
-    """save_pretrained (safetensors, config, remote code) + model card into OUTPUT_DIR/<kind>, atomically."""
+def save_model(
+    accelerator, model, args, config, spec, *, catalog, kind: str, step: int, metrics: dict, state
+) -> Path | None:
+    """save_pretrained (safetensors, config, remote code), the movie catalog with its trained vectors (so the folder
+    recommends on its own), the model card and the run's metrics and settings, into OUTPUT_DIR/<kind>, atomically."""
     if not accelerator.is_main_process:
         return None
+    from fusionrec.retrieval import catalog_vectors
+
     target = Path(args.output_dir) / kind
     temporary = Path(args.output_dir) / f".{kind}.tmp-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.save_pretrained(temporary, safe_serialization=True)
+    was_training = unwrapped.training
+    try:
+        vectors = catalog_vectors(unwrapped, catalog)
+    finally:
+        unwrapped.train(was_training)
+    catalog.release_catalog(vectors=vectors, last_rating_time=int(spec["time"]["max_timestamp"])).save(temporary)
     (temporary / "README.md").write_text(
         model_card(args, config, spec, kind=kind, step=step, metrics=metrics, state=state), encoding="utf-8"
     )
-    (temporary / "training_metrics.json").write_text(
-        json.dumps({"kind": kind, "step": step, "metrics": metrics}, indent=1), encoding="utf-8"
-    )
+    run = {
+        "kind": kind,
+        "step": step,
+        "best_step": state.best_step,
+        "metrics": metrics,
+        "dataset": {"name": portable(args.dataset), "source": spec.get("source"), "counts": spec.get("counts", {})},
+        "command": command_line(args),
+        "settings": published_settings(args),
+    }
+    (temporary / "training_metrics.json").write_text(json.dumps(run, indent=1, default=str), encoding="utf-8")
     atomic_replace_dir(temporary, target)
     return target

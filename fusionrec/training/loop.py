@@ -261,8 +261,8 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         if state.best_metric is None or score > state.best_metric:
             state.best_metric, state.best_step = score, state.global_step
             state.evaluations_without_improvement = 0
-            saved = save_model(accelerator, model, args, config, data.spec, kind="best", step=state.global_step,
-                               metrics=metrics, state=state)
+            saved = save_model(accelerator, model, args, config, data.spec, catalog=data.catalog, kind="best",
+                               step=state.global_step, metrics=metrics, state=state)
             if hub is not None and saved is not None:
                 hub.submit(saved, path_in_repo="", message=f"best: step {state.global_step}, validation ndcg@10 {score:.4f}")
         else:
@@ -364,8 +364,8 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         "history": state.history,
     }
     if finished:
-        final = save_model(accelerator, model, args, config, data.spec, kind="final", step=state.global_step,
-                           metrics=last_metrics, state=state)
+        final = save_model(accelerator, model, args, config, data.spec, catalog=data.catalog, kind="final",
+                           step=state.global_step, metrics=last_metrics, state=state)
         if hub is not None and final is not None:
             hub.submit(final, path_in_repo="final", message=f"final: step {state.global_step}")
     if hub is not None:

@@ -5,6 +5,7 @@ config they build (from the feature spec, or from the folder of --init-from / --
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,6 +158,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.stop_at_step is not None and args.stop_at_step <= 0:
         raise UsageError("argument --stop-at-step: must be > 0")
     return args
+
+
+def portable(value):
+    """A setting as it may be published: an absolute local path keeps only its last part (no machine paths in a
+    model card or a Hub repo); everything else as it is."""
+    if isinstance(value, str | Path) and Path(value).is_absolute():
+        return Path(value).name
+    return str(value) if isinstance(value, Path) else value
+
+
+def published_settings(args: argparse.Namespace) -> dict:
+    """The run's options as they may be published: no token, absolute local paths cut to their last part."""
+    return {key: portable(value) for key, value in sorted(vars(args).items()) if not key.startswith("_") and key != "hub_token"}
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The training command that repeats this run: the options that differ from their defaults (paths as in
+    `portable`, so a local folder shows by name)."""
+    parts = [PROGRAM]
+    for action in build_parser()._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in ("help", "hub_token") or value == action.default:
+            continue
+        parts += [action.option_strings[0]] if action.nargs == 0 else [action.option_strings[0], shlex.quote(str(portable(value)))]
+    return " ".join(parts)
 
 
 def build_config(args, spec: dict):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from local_hub import LocalHub
 from prepared_files import folder_bytes, write_dirty_kaggle
 
 import fusionrec.data.prepare as prepare_module
@@ -48,26 +47,23 @@ def test_refuses_to_replace_a_folder_that_is_not_a_dataset(tmp_path):
     assert (precious / "notes.txt").read_text() == "keep me"
 
 
-def test_push_to_hub_uses_injected_api(tmp_path):
-    class FakeApi:
-        def __init__(self):
-            self.calls = []
-
-        def create_repo(self, **kwargs):
-            self.calls.append(("create_repo", kwargs))
-
-        def upload_folder(self, **kwargs):
-            self.calls.append(("upload_folder", kwargs))
-            assert (Path(kwargs["folder_path"]) / "feature_spec.json").is_file()
-            return "commit-info"
-
-    api = FakeApi()
+def test_push_to_hub_commits_the_folder_through_the_injected_api(tmp_path, classic_upload):
+    api = LocalHub(fail_first=1)
     data = write_dirty_kaggle(tmp_path / "raw")
     summary = prepare("tmdb", tmp_path / "out", data, push_to_hub_repo="me/movies", hub_api=api)
     assert summary.pushed_to == "me/movies"
-    assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]
-    assert api.calls[0][1]["repo_id"] == "me/movies" and api.calls[0][1]["repo_type"] == "dataset"
-    assert api.calls[0][1]["exist_ok"] is True
-    upload = api.calls[1][1]
-    assert upload["repo_id"] == "me/movies" and upload["repo_type"] == "dataset"
-    assert Path(upload["folder_path"]) == tmp_path / "out"
+    assert api.created[0]["repo_id"] == "me/movies" and api.created[0]["repo_type"] == "dataset"
+    assert api.created[0]["exist_ok"] is True
+    assert api.attempts == 2, "the failed first attempt was retried"
+    (commit,) = api.commits
+    assert commit["repo_type"] == "dataset" and commit["files"] == folder_bytes(tmp_path / "out")
+
+
+def test_a_push_that_keeps_failing_is_one_line_and_keeps_the_folder(tmp_path, classic_upload, monkeypatch):
+    import fusionrec.hub
+
+    monkeypatch.setattr(fusionrec.hub, "RETRY_BACKOFF", 0.01)
+    data = write_dirty_kaggle(tmp_path / "raw")
+    with pytest.raises(PrepareError, match=r"failed after 3 attempts \(hub unreachable \(attempt 3\)\)"):
+        prepare("tmdb", tmp_path / "out", data, push_to_hub_repo="me/movies", hub_api=LocalHub(fail_first=10))
+    assert (tmp_path / "out" / "feature_spec.json").is_file()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from local_hub import LocalHub
 from safetensors.torch import load_file
-from tiny import save_tiny_t5
+from tiny import reset_accelerate_state, save_tiny_t5, train
 
-from fusionrec.training import loop
 from fusionrec.training.options import build_config, build_parser, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,14 +48,6 @@ def dataset(tmp_path_factory) -> Path:
     return prepare(tmp_path_factory.mktemp("data") / "synthetic")
 
 
-def reset_accelerate_state() -> None:
-    """Each in-process run builds its own Accelerator; accelerate keeps process-wide singletons between them."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     reset_accelerate_state()
@@ -64,8 +56,7 @@ def fresh_accelerate_state():
 
 
 def run(argv: list[str], **kwargs) -> int:
-    reset_accelerate_state()
-    return loop.main([str(a) for a in argv], **kwargs)
+    return train(argv, **kwargs)
 
 
 def summary(output: Path) -> dict:
@@ -91,7 +82,9 @@ def test_tiny_run_lowers_loss_and_final_reloads_with_auto_model(dataset, tmp_pat
     assert {"model.safetensors", "config.json", "modeling_fusionrec.py", "configuration_fusionrec.py", "README.md"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pkl", ".pt", ".pth"))], names
     card = (final / "README.md").read_text()
-    assert str(dataset) in card and "ndcg@10" in card and "learning_rate" in card
+    assert f"`{dataset.name}`" in card and "ndcg@10" in card and "learning_rate" in card
+    assert str(tmp_path) not in card and str(dataset) not in card, "a local path in the card"
+    assert {"catalog.json", "catalog_vectors.safetensors", "training_metrics.json"} <= names
     model = AutoModel.from_pretrained(final, trust_remote_code=True)
     weights = load_file(final / "model.safetensors")
     loaded = model.state_dict()
@@ -162,47 +155,6 @@ def test_two_process_cpu_run_matches_one_process_with_the_same_global_batch(data
 
 
 # ----- Hub upload against a local stand-in -----
-
-
-from huggingface_hub import CommitInfo, HfApi  # noqa: E402
-
-
-class LocalHub(HfApi):
-    """HfApi with only the network edge replaced: create_repo and create_commit (plus the README YAML check, which
-    is a POST to the Hub). upload_folder's file collection and its run_as_future thread run for real."""
-
-    def __init__(self, *, fail_first: int = 0) -> None:
-        super().__init__(token="hf_local")  # default endpoint; nothing below ever reaches it
-        self.fail_first = fail_first
-        self.attempts = 0
-        self.repos: list[str] = []
-        self.commits: list[dict] = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.repos.append(repo_id)
-        return repo_id
-
-    def _validate_yaml(self, content, **kwargs):
-        assert content.startswith("---\n")
-
-    def create_commit(self, repo_id, operations, *, commit_message, **kwargs):
-        self.attempts += 1
-        if self.attempts <= self.fail_first:
-            raise ConnectionError(f"hub unreachable (attempt {self.attempts})")
-        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
-        self.commits.append({"repo_id": repo_id, "message": commit_message, "files": files})
-        oid = f"{len(self.commits):040d}"
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message=commit_message,
-                          commit_description="", oid=oid)
-
-
-@pytest.fixture
-def classic_upload(monkeypatch):
-    """With hf_xet installed, upload_folder streams through xet endpoints instead of create_commit; force the
-    single-commit path so the stand-in's create_commit is the edge."""
-    from huggingface_hub import hf_api
-
-    monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)
 
 
 HUB_ARGS = ["--max-steps", 6, "--eval-steps", 3, "--logging-steps", 3, "--push-to-hub", "--hub-model-id", "me/fusionrec-test",
