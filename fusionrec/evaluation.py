@@ -194,46 +194,60 @@ def format_table(results: dict[str, dict], k_values: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_dataset(session, args) -> dict:
-    """Every requested split evaluated on one set of movie vectors."""
-    model, catalog = session.model, session.catalog
-    movie_vectors = session.movie_vectors()
-    cold = catalog.cold_item.numpy()
+def evaluate_splits(
+    model,
+    rows: Sequence[dict],
+    *,
+    cold_items: np.ndarray,
+    movie_vectors: torch.Tensor,
+    splits: Sequence[str],
+    stage: str = "test",
+    k_values: Sequence[int] = (10, 20),
+    index: str = "exact",
+    faiss_factory: str = "Flat",
+    faiss_params: str | None = None,
+    batch_size: int = 256,
+    metrics_backend: str = "numpy",
+    recall_sample: int = 2000,
+) -> dict:
+    """Every requested split of a dataset's sequences (`rows`, its `cold_item` flags) evaluated on one set of movie
+    vectors: a session's, or those a released model carries."""
+    num_movies = len(movie_vectors)
     results = {}
-    k_values = tuple(args.k)
-    for split in args.split:
+    k_values = tuple(k_values)
+    for split in splits:
         started = time.perf_counter()
-        examples = evaluation_examples(session.rows, split, args.stage, cold)
-        search = make_search(args.index, movie_vectors, examples.candidate_mask, faiss_factory=args.faiss_factory,
-            faiss_params=args.faiss_params,
-        )
+        examples = evaluation_examples(rows, split, stage, cold_items)
+        search = make_search(index, movie_vectors, examples.candidate_mask, faiss_factory=faiss_factory,
+                             faiss_params=faiss_params)
         ranked, predicted, users = rank_examples(
-            model, examples, movie_vectors, k=max(k_values), batch_size=args.batch_size, search=search,
+            model, examples, movie_vectors, k=max(k_values), batch_size=batch_size, search=search,
             return_user_vectors=True,
         )
         metrics = compute_metrics(
-            ranked, predicted, examples, num_movies=len(catalog), k_values=k_values, backend=args.metrics_backend
+            ranked, predicted, examples, num_movies=num_movies, k_values=k_values, backend=metrics_backend
         )
         metrics["num_examples"] = len(examples)
-        metrics["num_candidates"] = len(catalog) if examples.candidate_mask is None else int(examples.candidate_mask.sum())
-        if args.index == "faiss":
-            metrics.update(faiss_recall(examples, ranked, users, movie_vectors, k_values, args))
+        metrics["num_candidates"] = num_movies if examples.candidate_mask is None else int(examples.candidate_mask.sum())
+        if index == "faiss":
+            metrics.update(faiss_recall(examples, ranked, users, movie_vectors, k_values, batch_size=batch_size,
+                                        recall_sample=recall_sample))
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         results[split] = metrics
     return results
 
 
-def faiss_recall(examples, ranked, users, movie_vectors, k_values, args) -> dict:
-    """FAISS top K against exact search on (a seeded sample of at most --recall-sample) examples."""
+def faiss_recall(examples, ranked, users, movie_vectors, k_values, *, batch_size: int, recall_sample: int) -> dict:
+    """FAISS top K against exact search on (a seeded sample of at most `recall_sample`) examples."""
     count = len(examples)
     rows = np.arange(count)
-    if count > args.recall_sample:
-        rows = np.sort(np.random.default_rng(0).choice(count, args.recall_sample, replace=False))
+    if count > recall_sample:
+        rows = np.sort(np.random.default_rng(0).choice(count, recall_sample, replace=False))
     exact = ExactSearch(movie_vectors, examples.candidate_mask)
     exclusions = examples.exclusions()
     reference = [
-        exact.search(users[torch.from_numpy(rows[s : s + args.batch_size])], [exclusions[i] for i in rows[s : s + args.batch_size]], max(k_values))[0]
-        for s in range(0, len(rows), args.batch_size)
+        exact.search(users[torch.from_numpy(rows[s : s + batch_size])], [exclusions[i] for i in rows[s : s + batch_size]], max(k_values))[0]
+        for s in range(0, len(rows), batch_size)
     ]
     reference = np.concatenate(reference) if reference else np.zeros((0, max(k_values)), np.int64)
     result = recall_vs_exact(ranked[rows], reference, k_values)
@@ -280,7 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model, args.dataset, device=args.device, cache_dir=args.cache_dir,
             batch_size=max(args.batch_size, 512), show_progress=not args.no_progress,
         )
-        results = evaluate_dataset(session, args)
+        results = evaluate_splits(
+            session.model, session.rows, cold_items=session.catalog.cold_item.numpy(),
+            movie_vectors=session.movie_vectors(), splits=args.split, stage=args.stage, k_values=args.k, index=args.index,
+            faiss_factory=args.faiss_factory, faiss_params=args.faiss_params, batch_size=args.batch_size,
+            metrics_backend=args.metrics_backend, recall_sample=args.recall_sample,
+        )
         report = {
             "model": str(args.model),
             "dataset": str(args.dataset),
