@@ -15,13 +15,13 @@ OUTPUT_DIR/train_summary.json. Exact resume: the data order is a pure function o
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
 import shutil
 import sys
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -245,7 +245,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     def cpu_seconds() -> float:
         return cpu_before + time.process_time() - cpu_started
 
-    def run_evaluation() -> None:
+    def run_evaluation(model) -> None:
         nonlocal last_metrics
         spent = cpu_seconds()
         metrics = evaluate(accelerator, model, data.catalog, data.validation)
@@ -330,7 +330,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
                 loss_batches = 0
                 interval_start = time.perf_counter()
             if args.eval_steps and state.global_step % args.eval_steps == 0:
-                run_evaluation()
+                run_evaluation(model)
                 last_eval_step = state.global_step
                 interval_start = time.perf_counter()
                 if args.patience and state.evaluations_without_improvement >= args.patience:
@@ -347,7 +347,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
 
     finished = state.global_step >= args.max_steps or stopped_early
     if finished and last_eval_step != state.global_step:
-        run_evaluation()
+        run_evaluation(model)
     summary = {
         "global_step": state.global_step,
         "finished": finished,
@@ -375,15 +375,15 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         shutil.rmtree(output_dir / ".hub-staging", ignore_errors=True)
     if accelerator.is_main_process:
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    # DDP's Reducer co-owns the process group: free it before end_training() destroys the group. A Reducer left to
+    # die when train() returns drops the group's last reference with the GIL held; ~ProcessGroupGloo then joins a
+    # gloo worker thread that waits for the GIL to free the last collective's tensors, and the process never exits.
+    prepared = weakref.ref(model)
+    del model
+    accelerator.free_memory()
+    if accelerator.num_processes > 1 and prepared() is not None:
+        raise RuntimeError("the DDP model outlived accelerator.free_memory(); its process group would hang at exit")
     accelerator.end_training()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # DDP's reducer holds the gloo group, and freeing it after a peer has exited can hang forever: free it on
-        # every rank while all are alive, then shut gloo down together.
-        del model, optimizer, loader, scheduler
-        accelerator.free_memory()
-        gc.collect()
-        accelerator.wait_for_everyone()
-        torch.distributed.destroy_process_group()
     say(f"done: step {state.global_step}, best validation ndcg@10 {state.best_metric} at step {state.best_step}, "
         f"{summary['wall_seconds']:.0f}s")
     return summary
