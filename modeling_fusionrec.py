@@ -820,6 +820,24 @@ class FusionModel(FusionPreTrainedModel):
         )
 
 
+class AllGatherRows(torch.autograd.Function):
+    """Every process's (equal-length) tensor concatenated along dim 0, differentiably. Backward hands each process
+    the sum of every process's gradient for its own rows (a reduce-scatter): the gradient one process would get
+    from the sum of all processes' losses. DDP then averages the parameter gradients as usual."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor) -> Tensor:
+        gathered = rows.new_empty((torch.distributed.get_world_size() * len(rows), *rows.shape[1:]))
+        torch.distributed.all_gather_single(gathered, rows.contiguous())
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        own = grad.new_empty((len(grad) // torch.distributed.get_world_size(), *grad.shape[1:]))
+        torch.distributed.reduce_scatter_single(own, grad.contiguous())
+        return own
+
+
 def gather_candidates(
     vectors: Tensor, indices: Tensor, log_q: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None, int]:
@@ -827,26 +845,16 @@ def gather_candidates(
     concatenated vectors, movie indices (-1 marks padding), log_q, and the offset of this process's rows."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return vectors, indices, log_q, 0
-    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-    if world == 1:
+    if torch.distributed.get_world_size() == 1:
         return vectors, indices, log_q, 0
-    from torch.distributed.nn.functional import all_gather
-
-    sizes = [torch.zeros(1, dtype=torch.long, device=vectors.device) for _ in range(world)]
-    torch.distributed.all_gather(sizes, torch.tensor([len(indices)], device=vectors.device))
-    sizes = [int(size) for size in sizes]
-    pad = max(sizes) - len(indices)
+    size = int(AllGatherRows.apply(torch.tensor([len(indices)], device=vectors.device)).max())
+    pad = size - len(indices)
     log_q = torch.zeros(len(indices), device=vectors.device) if log_q is None else log_q
-    gathered_vectors = all_gather(F.pad(vectors, (0, 0, 0, pad)))
-    gathered_indices = [torch.zeros(max(sizes), dtype=indices.dtype, device=indices.device) for _ in range(world)]
-    torch.distributed.all_gather(gathered_indices, F.pad(indices, (0, pad), value=-1))
-    gathered_log_q = [torch.zeros(max(sizes), dtype=log_q.dtype, device=log_q.device) for _ in range(world)]
-    torch.distributed.all_gather(gathered_log_q, F.pad(log_q, (0, pad)))
     return (
-        torch.cat(gathered_vectors),
-        torch.cat(gathered_indices),
-        torch.cat(gathered_log_q),
-        rank * max(sizes),
+        AllGatherRows.apply(F.pad(vectors, (0, 0, 0, pad))),
+        AllGatherRows.apply(F.pad(indices, (0, pad), value=-1)),
+        AllGatherRows.apply(F.pad(log_q, (0, pad))),
+        torch.distributed.get_rank() * size,
     )
 
 

@@ -1,7 +1,8 @@
-"""Builders for tiny models, tokenizers, batches and training runs shared by the tests."""
+"""Builders for tiny models, tokenizers, batches and training runs shared by the tests, and a free local port."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import torch
@@ -134,3 +135,10 @@ def train(argv: list, **kwargs) -> int:
 
     reset_accelerate_state()
     return loop.main([str(a) for a in argv], **kwargs)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, so concurrent suites do not share a rendezvous port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -11,12 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tiny import history_batch, movie_inputs, save_tiny_t5, tiny_config
+from tiny import free_port, history_batch, movie_inputs, save_tiny_t5, tiny_config
 from transformers import AutoConfig, AutoModel
 
 from configuration_fusionrec import FusionRecConfig
-from modeling_fusionrec import FusionModel, PerceiverResampler, corrected_logits, sampled_softmax_loss
+from modeling_fusionrec import (
+    FusionModel,
+    PerceiverResampler,
+    corrected_logits,
+    gather_candidates,
+    sampled_softmax_loss,
+)
 
 
 @pytest.fixture(scope="module")
@@ -348,3 +355,64 @@ def test_ablations_build_and_train():
         loss = model(**history_batch(config)).loss
         loss.backward()
         assert torch.isfinite(loss)
+
+
+# ----- candidates gathered across processes -----
+
+CANDIDATES_PER_PROCESS = (5, 3)  # unequal, so the second process's rows are padded
+
+
+def candidate_case(rank: int) -> dict[str, torch.Tensor]:
+    """One process's share of a step: its candidate movies (vectors, sorted indices, log_q) and its users."""
+    generator = torch.Generator().manual_seed(rank)
+    count = CANDIDATES_PER_PROCESS[rank]
+    return {
+        "vectors": torch.randn(count, 8, generator=generator).requires_grad_(),
+        "indices": torch.randperm(50, generator=generator)[:count].sort().values,
+        "log_q": -torch.rand(count, generator=generator),
+        "users": torch.randn(4, 8, generator=generator).requires_grad_(),
+        "targets": torch.randint(count, (4,), generator=generator),
+    }
+
+
+def process_loss(case: dict, all_vectors, all_indices, all_log_q, offset: int) -> torch.Tensor:
+    """A process's retrieval loss over every process's candidates, as FusionModel.forward computes it."""
+    invalid = (all_indices < 0).expand(len(case["users"]), -1)
+    return sampled_softmax_loss(case["users"], all_vectors, positive_rows=case["targets"] + offset, temperature=0.1,
+                                log_q=all_log_q, invalid=invalid)
+
+
+def gather_worker(rank: int, port: int, output: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=len(CANDIDATES_PER_PROCESS))
+    try:
+        case = candidate_case(rank)
+        gathered = gather_candidates(case["vectors"], case["indices"], case["log_q"])
+        process_loss(case, *gathered).backward()
+        save_file({"vectors": gathered[0].detach(), "indices": gathered[1], "vectors_grad": case["vectors"].grad,
+                   "users_grad": case["users"].grad}, str(Path(output) / f"rank{rank}.safetensors"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_gathered_candidates_give_each_process_the_gradient_of_the_summed_losses(tmp_path):
+    """2 gloo processes vs the same step in one process: each process's candidate and user vectors must get the
+    gradient of the SUM of both processes' losses (its candidates are the other process's negatives too)."""
+    torch.multiprocessing.spawn(gather_worker, args=(free_port(), str(tmp_path)), nprocs=len(CANDIDATES_PER_PROCESS))
+    cases = [candidate_case(rank) for rank in range(len(CANDIDATES_PER_PROCESS))]
+    size = max(CANDIDATES_PER_PROCESS)
+
+    def concatenated(key: str, value: float = 0.0) -> torch.Tensor:  # every process's rows, padded to `size`
+        rows = [case[key] for case in cases]
+        return torch.cat([F.pad(r, (0, 0) * (r.dim() - 1) + (0, size - len(r)), value=value) for r in rows])
+
+    all_vectors, all_indices, all_log_q = concatenated("vectors"), concatenated("indices", -1), concatenated("log_q")
+    losses = [process_loss(case, all_vectors, all_indices, all_log_q, rank * size) for rank, case in enumerate(cases)]
+    other_only = torch.autograd.grad(losses[1], cases[0]["vectors"], retain_graph=True)[0]
+    assert other_only.abs().sum() > 0, "process 1's loss must reach process 0's candidates for this test to bite"
+    sum(losses).backward()
+    for rank, case in enumerate(cases):
+        result = load_file(tmp_path / f"rank{rank}.safetensors")
+        assert torch.equal(result["indices"], all_indices) and torch.equal(result["vectors"], all_vectors.detach())
+        torch.testing.assert_close(result["vectors_grad"], case["vectors"].grad, rtol=0, atol=1e-6)
+        torch.testing.assert_close(result["users_grad"], case["users"].grad, rtol=0, atol=1e-6)
