@@ -23,6 +23,7 @@ import sys
 import time
 import weakref
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         config = grown_config(config, spec, dataset_dir=args.dataset)
     check_compatible(config, spec, dataset_dir=args.dataset)
 
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -137,6 +138,9 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     from modeling_fusionrec import FusionModel
 
     output_dir = Path(args.output_dir)
+    # The process group's timeout goes straight to PartialState (as transformers' Trainer does): accelerate's
+    # InitProcessGroupKwargs drops a timeout equal to its own default, 600 s, and gloo would then wait 1800 s.
+    PartialState(cpu=use_cpu(args), timeout=timedelta(seconds=args.ddp_timeout))
     accelerator = Accelerator(
         cpu=use_cpu(args),
         mixed_precision=args.mixed_precision,

@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     optim.add_argument("--seed", type=int, default=0, help="seed for init, data order, negatives and dropout")
     optim.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is available")
+    optim.add_argument(
+        "--ddp-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds a process waits in a collective (e.g. for a process that hangs) before it fails with a "
+        "timeout error; must cover the main process building the text cache while the others wait",
+    )
 
     loop = parser.add_argument_group("evaluation, checkpoints, logging")
     loop.add_argument("--eval-steps", type=int, default=50, help="evaluate on validation every N steps (0: only at the end)")
@@ -148,6 +155,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in positive:
         if getattr(args, name) <= 0:
             raise UsageError(f"argument --{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}")
+    if args.ddp_timeout <= 0:
+        raise UsageError(f"argument --ddp-timeout: must be > 0, got {args.ddp_timeout:g}")
     for name in ("eval_steps", "patience", "checkpointing_steps", "num_negatives", "logging_steps"):
         if getattr(args, name) < 0:
             raise UsageError(f"argument --{name.replace('_', '-')}: must be >= 0, got {getattr(args, name)}")

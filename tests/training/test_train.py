@@ -5,17 +5,21 @@ Everything is offline and tiny: a small synthetic dataset (prepare_dataset.py), 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from local_hub import LocalHub
 from safetensors.torch import load_file
-from tiny import reset_accelerate_state, save_tiny_t5, train
+from tiny import free_port, reset_accelerate_state, save_tiny_t5, train
 
 from fusionrec.training.options import build_config, build_parser, parse_args
 
@@ -32,6 +36,13 @@ def offline_env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
     return env
+
+
+def two_process_launch(*argv) -> list[str]:
+    """`accelerate launch` of train_accelerate.py on 2 CPU processes, on a free port: the config's fixed port
+    collides when two suites run on one machine at once."""
+    return [ACCELERATE, "launch", "--config_file", str(REPO_ROOT / "configs" / "accelerate_cpu_2proc.yaml"),
+            "--main_process_port", str(free_port()), str(REPO_ROOT / "train_accelerate.py"), *map(str, argv)]
 
 
 def prepare(output: Path, *, movies: int = 120, users: int = 60) -> Path:
@@ -138,8 +149,7 @@ def test_two_process_cpu_run_matches_one_process_with_the_same_global_batch(data
     assert run([*common, "--output-dir", one, "--batch-size", 16]) == 0
     two = tmp_path / "two"
     result = subprocess.run(
-        [ACCELERATE, "launch", "--config_file", str(REPO_ROOT / "configs" / "accelerate_cpu_2proc.yaml"),
-         str(REPO_ROOT / "train_accelerate.py"), *common, "--output-dir", str(two), "--batch-size", "8"],
+        two_process_launch(*common, "--output-dir", two, "--batch-size", 8),
         env=offline_env(), capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -153,6 +163,50 @@ def test_two_process_cpu_run_matches_one_process_with_the_same_global_batch(data
         losses = [entry["train/loss"] for entry in run_summary["history"] if "train/loss" in entry]
         assert losses[-1] < losses[0], losses
     assert (two / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("victim", "signal_name", "error"),
+    [(0, "SIGKILL", "Signal 9 (SIGKILL) received by PID {pid}"), (1, "SIGSTOP", "Timed out waiting 10000ms")],
+    ids=["main-process-killed", "other-process-hangs"],
+)
+def test_a_dead_or_hung_process_ends_the_other_within_a_minute_with_an_error(dataset, tmp_path, victim, signal_name,
+                                                                             error):
+    """Once training runs, SIGKILL the main process (the other one's next collective fails at once and torchrun
+    stops it) or SIGSTOP the other one (the main process's collective times out after --ddp-timeout). Either way the
+    surviving process must end within 60 s and the launcher's error must say why, instead of waiting forever."""
+    logs = {name: tmp_path / name for name in ("stdout", "stderr")}
+    with logs["stdout"].open("w") as stdout, logs["stderr"].open("w") as stderr:
+        launcher = subprocess.Popen(
+            two_process_launch("--dataset", dataset, "--output-dir", tmp_path / "run", "--max-steps", 100_000,
+                               "--eval-steps", 0, "--no-text", "--ddp-timeout", 10, *TINY),
+            env=offline_env(), stdout=stdout, stderr=stderr, cwd=REPO_ROOT,
+        )
+    ranks: dict[int, psutil.Process] = {}
+    try:
+        started = time.monotonic()
+        while "training on 2 process(es)" not in logs["stdout"].read_text():
+            assert launcher.poll() is None and time.monotonic() - started < 300, logs["stderr"].read_text()[-3000:]
+            time.sleep(0.2)
+        ranks = {int(child.environ()["RANK"]): child for child in psutil.Process(launcher.pid).children()}
+        ranks[victim].send_signal(getattr(signal, signal_name))
+        signalled = time.monotonic()
+        _, alive = psutil.wait_procs([ranks[1 - victim]], timeout=60)
+        assert not alive, f"the surviving process still runs 60 s after the {signal_name}"
+        print(f"{signal_name}: the other process ended {time.monotonic() - signalled:.1f}s after the signal")
+        kill(ranks[victim])  # a stopped process would keep torchrun waiting 30 s for its SIGTERM to land
+        assert launcher.wait(timeout=60) != 0
+        assert error.format(pid=ranks[victim].pid) in logs["stderr"].read_text(), logs["stderr"].read_text()[-3000:]
+    finally:
+        for process in ranks.values():  # the ranks run in their own sessions: killing the launcher leaves them
+            kill(process)
+        launcher.kill()
+        launcher.wait()
+
+
+def kill(process: psutil.Process) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process.kill()
 
 
 # ----- Hub upload against a local stand-in -----
@@ -283,5 +337,10 @@ def test_help_documents_every_option():
         assert action.help, action.option_strings
     text = parser.format_help()
     for option in ("--dataset", "--output-dir", "--max-steps", "--seed", "--text-encoder", "--resume-from-checkpoint",
-                   "--push-to-hub", "--hub-model-id", "--mixed-precision", "--gradient-accumulation-steps"):
+                   "--push-to-hub", "--hub-model-id", "--mixed-precision", "--gradient-accumulation-steps", "--ddp-timeout"):
         assert option in text
+
+
+def test_ddp_timeout_must_be_positive(tmp_path, capsys):
+    assert run(["--dataset", tmp_path, "--output-dir", tmp_path / "out", "--ddp-timeout", "0"]) == 2
+    assert "argument --ddp-timeout: must be > 0, got 0" in one_line_error(capsys)
