@@ -1,43 +1,249 @@
-"""The quality benchmark's per-example helpers: target ranks, NDCG per example, paired bootstrap interval."""
+"""The quality benchmark's pieces that decide its numbers: target ranks and per-example metrics, the paired bootstrap,
+a peer's output as our record (rank base, depth, our metric code, the same-targets check), the head/tail split by
+training counts, resuming finished records, and the targets' arithmetic (T1, T2 time to quality, T4)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import bench_quality  # noqa: E402
+import quality_jobs as jobs  # noqa: E402
+import quality_report as report  # noqa: E402
 
+from fusionrec.data.sequences import EvaluationExamples, UserSequence  # noqa: E402
 from fusionrec.metrics.fusionrec_metrics import ranking_metrics  # noqa: E402
 
 
 def test_target_ranks_are_positions_or_minus_one():
     ranked = np.array([[3, 1, -1], [2, 5, 7], [9, 9, 9]])
-    assert bench_quality.target_ranks(ranked, np.array([1, 9, 9])) == [1, -1, 0]
+    assert jobs.target_ranks(ranked, np.array([1, 9, 9])) == [1, -1, 0]
 
 
 def test_ndcg_per_example_matches_the_metric_definition():
-    values = bench_quality.ndcg_per_example([0, 1, 9, 10, -1])
+    values = jobs.ndcg_per_example([0, 1, 9, 10, -1])
     np.testing.assert_allclose(values, [1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0, 0.0])
     ranked = np.array([[4, 2, 8], [1, 3, 5], [7, 6, 0]])
     targets = np.array([2, 9, 0])
-    per_example = bench_quality.ndcg_per_example(bench_quality.target_ranks(ranked, targets), k=3)
+    per_example = jobs.ndcg_per_example(jobs.target_ranks(ranked, targets), k=3)
     expected = ranking_metrics(ranked, targets, k_values=(3,))["ndcg@3"]
     assert per_example.mean() == pytest.approx(expected)
+
+
+def test_depth_metrics_from_ranks_match_the_metric_module_on_deep_lists():
+    rng = np.random.default_rng(1)
+    ranked = np.stack([rng.permutation(300)[:100] for _ in range(50)])
+    targets = rng.integers(0, 300, 50)
+    expected = ranking_metrics(ranked, targets, k_values=(100,))
+    got = jobs.rank_metrics(jobs.target_ranks(ranked, targets))
+    assert got["recall@100"] == pytest.approx(expected["recall@100"]) and 0 < got["recall@100"] < 1
+    assert got["ndcg@100"] == pytest.approx(expected["ndcg@100"])
 
 
 def test_paired_bootstrap_interval_covers_the_ratio_and_shrinks_with_more_examples():
     rng = np.random.default_rng(0)
     base = rng.random(200)
-    low, high = bench_quality.paired_bootstrap_ratio(2 * base, base, samples=500)
+    low, high = report.paired_bootstrap_ratio(2 * base, base, samples=500)
     assert low == pytest.approx(2.0) and high == pytest.approx(2.0)  # paired: a constant ratio has no spread
     noisy = base + rng.normal(0, 0.3, 200)
-    low, high = bench_quality.paired_bootstrap_ratio(noisy, base, samples=2000)
+    low, high = report.paired_bootstrap_ratio(noisy, base, samples=2000)
     assert low < noisy.mean() / base.mean() < high and high - low > 0.05
     big = rng.random(20_000)
-    big_low, big_high = bench_quality.paired_bootstrap_ratio(big + rng.normal(0, 0.3, 20_000), big, samples=200)
+    big_low, big_high = report.paired_bootstrap_ratio(big + rng.normal(0, 0.3, 20_000), big, samples=200)
     assert big_high - big_low < (high - low) / 4
+
+
+# ----- peers -----
+
+
+def examples_of(pairs: list[tuple[int, int]]) -> EvaluationExamples:
+    """Test examples with these (user_index, target) pairs; each history is one movie the user saw."""
+    histories = [UserSequence(user, np.array([50 + i]), np.array([4.0], np.float32), np.array([0]))
+                 for i, (user, _) in enumerate(pairs)]
+    return EvaluationExamples(histories=histories, targets=np.array([t for _, t in pairs], np.int64),
+                              target_ratings=np.full(len(pairs), 4.0, np.float32),
+                              target_timestamps=np.ones(len(pairs), np.int64))
+
+
+def peer_output(pairs, tops, ranks) -> dict:
+    """A rectools_peer.py JSON with the fields the conversion reads (1-based ranks, as the peer writes them)."""
+    return {
+        "model": "sasrec", "split": "leave_one_out", "seed": 3, "settings": {"n_factors": 64}, "best_epoch": 2,
+        "epochs_run": 3, "validation_curve_ndcg@10": [0.01, 0.03, 0.02],
+        "validation_curve_cpu_seconds": [10.0, 20.0, 30.0], "validation": {"callback_ndcg@10": 0.03},
+        "test_rectools_metrics": {}, "test_examples": [list(p) for p in pairs], "test_target_ranks": ranks,
+        "test_top20": tops, "validation_target_ranks": [1, -1, 3], "rank_base": 1, "data": {},
+        "train_cpu_seconds": 35.0, "train_wall_seconds": 40.0, "versions": {},
+    }
+
+
+def test_peer_ranks_become_zero_based_with_minus_one_beyond_the_depth():
+    assert jobs.ranks_from_peer([1, 2, 100, 101, -1], base=1, depth=100) == [0, 1, 99, -1, -1]
+    assert jobs.ranks_from_peer([3, 5], base=1, depth=4) == [2, -1]
+    with pytest.raises(jobs.PeerMismatch, match="below their base"):
+        jobs.ranks_from_peer([0, 2], base=1)
+
+
+def test_peer_record_metrics_equal_our_metric_module_on_the_same_lists():
+    pairs = [(7, 3), (2, 11), (5, 40)]
+    tops = [[9, 3, 4], [11, 1, 2, 5], [1, 2, 6]]  # user 5's target is beyond its top list: rank 57
+    peer = peer_output(pairs, tops, ranks=[2, 1, 57])
+    record = jobs.peer_record(peer, name="rectools_sasrec", examples=examples_of(pairs), num_movies=60,
+                              config={"c": 1}, machine={})
+    assert record["test_target_ranks"] == [1, 0, 56]
+    expected = ranking_metrics(jobs.pad_ranked_lists([np.array(t) for t in tops]), np.array([3, 11, 40]),
+                               k_values=(10, 20), num_movies=60)
+    for name in ("recall@10", "ndcg@10", "mrr@10", "coverage@10", "recall@20", "ndcg@20", "mrr@20", "coverage@20"):
+        assert record["metrics"][name] == pytest.approx(expected[name]), name
+    assert record["metrics"]["recall@100"] == pytest.approx(1.0)
+    assert record["metrics"]["ndcg@100"] == pytest.approx((1 / np.log2(3) + 1 + 1 / np.log2(58)) / 3)
+    assert "rmse" not in record["metrics"]
+    assert record["validation_curve"] == [[10.0, 0.01], [20.0, 0.03], [30.0, 0.02]]
+    assert record["validation"]["ndcg@10"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert record["train"]["cpu_seconds_to_best_epoch"] == 20.0
+    assert (record["model"], record["seed"], record["train_cpu_seconds"]) == ("rectools_sasrec", 3, 35.0)
+
+
+def test_a_peer_rank_that_contradicts_its_top_list_is_an_error():
+    pairs = [(7, 3), (2, 11)]
+    peer = peer_output(pairs, [[9, 3], [11, 1]], ranks=[1, 1])  # 3 is second in user 7's list, not first
+    with pytest.raises(jobs.PeerMismatch, match="disagree at row 0"):
+        jobs.peer_record(peer, name="p", examples=examples_of(pairs), num_movies=20, config={}, machine={})
+
+
+@pytest.mark.parametrize(
+    ("theirs", "where"),
+    [
+        ([(7, 3), (2, 12), (5, 4)], "row 1: peer [user_index, target] [2, 12], ours [2, 11]"),
+        ([(2, 11), (7, 3), (5, 4)], "row 0"),  # same pairs, other order
+        ([(7, 3), (2, 11)], "2 vs 3"),  # one example missing
+    ],
+)
+def test_the_same_targets_check_fails_loudly(theirs, where):
+    ours = examples_of([(7, 3), (2, 11), (5, 4)])
+    jobs.check_same_targets([list(p) for p in [(7, 3), (2, 11), (5, 4)]], ours, "rectools_sasrec")  # equal: passes
+    with pytest.raises(jobs.PeerMismatch, match="rectools_sasrec: the peer's test examples differ") as error:
+        jobs.check_same_targets([list(p) for p in theirs], ours, "rectools_sasrec")
+    assert where in str(error.value)
+
+
+# ----- head/tail -----
+
+
+def loo_row(user: int, movies: list[int]) -> dict:
+    n = len(movies)
+    return {"user_index": user, "movie_index": np.array(movies), "rating": np.full(n, 4.0),
+            "timestamp": np.arange(n), "loo_valid_position": n - 2 if n >= 3 else -1,
+            "loo_test_position": n - 1 if n >= 3 else -1, "temporal_valid_start": n, "temporal_test_start": n}
+
+
+class TinyCatalog:
+    """What BenchData reads of a catalog for training counts: its size and cold movies (none)."""
+
+    cold_item = torch.zeros(10, dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return 10
+
+
+def test_head_and_tail_split_by_training_counts_only():
+    # movie 0: 32 training ratings (head); movie 1: 30 (tail, the limit); movie 2: only ever a validation or test
+    # target (0 training ratings, tail); users with < 3 events train on everything.
+    rows = [loo_row(u, [0, 1, 2, 2]) for u in range(30)] + [loo_row(30, [0, 9, 0])] + [loo_row(31, [0, 5])]
+    rows.append(loo_row(32, [5, 6, 1]))
+    data = jobs.BenchData(Path("."), {}, rows, TinyCatalog())
+    counts = data.train_counts("leave_one_out")
+    assert counts[:3].tolist() == [32, 30, 0] and counts[5] == 2 and counts[9] == 0
+    tail = report.tail_mask(counts, data.examples("leave_one_out", "test").targets)
+    assert tail.tolist() == [True] * 30 + [False, True]  # targets: movie 2 x 30, movie 0, movie 1
+
+
+def record(model, seed, ranks, *, split="leave_one_out", curve=(), cpu=None):
+    return {"model": model, "split": split, "seed": seed, "test_target_ranks": list(ranks),
+            "metrics": {"ndcg@10": float(jobs.ndcg_per_example(ranks).mean())}, "validation_curve": [list(p) for p in curve],
+            "train_cpu_seconds": cpu}
+
+
+def test_head_tail_table_and_t4_pick_the_best_peer_per_slice():
+    tail = np.array([True, True, False, False])
+    records = [
+        record("fusion_full", 0, [5, 50, 1, 2]),
+        record("fusion_ids", 0, [-1, 50, 1, 2]),  # tail: full 2/2 vs ids 1/2 -> x2.00; head level
+        record("rectools_sasrec", 0, [5, -1, 1, 2]),  # tail 1/2, head 2/2
+        record("rectools_bert4rec", 0, [-1, -1, 1, -1]),  # tail 0/2, head 1/2
+    ]
+    lines = report.target_t4(records, report.Context(splits=("leave_one_out",), tail=tail))
+    assert lines[0].endswith("PASS") and "2 of 4 test users" in lines[0]
+    assert "vs best peer by tail Recall@100 rectools_sasrec 0.5000 -> x2.00" in lines[2]
+    assert "head Recall@100: fusion_full 1.0000 vs fusion_ids 1.0000 -> x1.00" in lines[3]
+    records[0]["test_target_ranks"] = [5, 50, 1, -1]  # head: now below both
+    assert report.target_t4(records, report.Context(splits=("leave_one_out",), tail=tail))[0].endswith("FAIL")
+    table = report.head_tail_table(records, tail)
+    assert "tail share 50.0%" in table and "rectools_bert4rec" in table
+
+
+def test_t1_compares_fusion_full_with_the_best_peer_by_test_ndcg():
+    records = [record("fusion_full", s, [0, 0, 3, -1]) for s in (0, 1)]
+    records += [record("rectools_sasrec", s, [0, 1, 3, -1]) for s in (0, 1)]
+    records += [record("rectools_bert4rec", 0, [1, -1, -1, -1]), record("ease", 0, [-1, -1, -1, 0])]
+    lines = report.target_t1(records)
+    assert "best peer rectools_sasrec" in lines[0] and lines[0].endswith("PASS")
+    sasrec = (1 + 1 / np.log2(3) + 1 / np.log2(5)) / 4
+    full = (2 + 1 / np.log2(5)) / 4
+    assert f"x{full / sasrec:.2f}" in lines[0]
+    assert any("fusion_full vs ease" in line for line in lines[1:])
+
+
+# ----- T2: time to quality -----
+
+
+def test_cpu_to_reach_is_the_first_point_at_or_above_the_threshold():
+    curve = [(100, 0.01), (200, 0.04), (300, 0.05), (400, 0.03), (500, 0.06)]
+    assert report.cpu_to_reach(curve, 0.05) == 300
+    assert report.cpu_to_reach(curve, 0.055) == 500
+    assert report.cpu_to_reach(curve, 0.07) is None
+    assert report.cpu_at_best(curve) == 500 and report.cpu_at_best([(1, 0.2), (2, 0.2)]) == 1
+
+
+def test_t2_uses_the_best_peer_by_validation_and_its_training_cpu():
+    peer = [record("rectools_sasrec_cat", s, [0], curve=[(100, 0.02), (600, v), (900, v - 0.01)], cpu=1000)
+            for s, v in ((0, 0.05), (1, 0.07))]  # V = 0.06, C = 1000, best epoch at 600 CPU-s
+    weak = [record("rectools_sasrec", 0, [0], curve=[(50, 0.03)], cpu=100)]
+    full = [record("fusion_full", 0, [0], curve=[(100, 0.04), (300, 0.061), (400, 0.07)], cpu=800),
+            record("fusion_full", 1, [0], curve=[(200, 0.0601), (500, 0.08)], cpu=800)]
+    lines = report.target_t2(peer + weak + full)
+    assert "rectools_sasrec_cat" in lines[0] and "V=0.0600" in lines[0] and "C=1000 CPU-s" in lines[0]
+    assert "reaches V at 250 CPU-s (seeds: 300, 200) -> 0.25 x C" in lines[0] and lines[0].endswith("PASS")
+    assert "own best epoch at 600 CPU-s" in lines[1]
+    full[1]["validation_curve"] = [[200, 0.05], [500, 0.059]]
+    lines = report.target_t2(peer + weak + full)
+    assert "never reaches V in seed(s) [1]" in lines[0] and lines[0].endswith("FAIL")
+    full[1]["validation_curve"] = [[200, 0.05], [900, 0.0601]]  # reached, but too late: mean 600 > 500
+    assert report.target_t2(peer + weak + full)[0].endswith("FAIL")
+
+
+# ----- resuming -----
+
+
+def test_finished_records_resume_only_with_the_same_settings(tmp_path):
+    config = {"model": "ease", "split": "leave_one_out", "seed": 0, "rank_depth": 100}
+    done = {**record("ease", 0, [1, -1]), "job": config}
+    assert jobs.finished_records(tmp_path, ("ease",), "leave_one_out", 0, config=config, num_test=2) is None
+    jobs.write_record(tmp_path, done)
+    assert jobs.finished_records(tmp_path, ("ease",), "leave_one_out", 0, config=config, num_test=2) == [done]
+    assert jobs.finished_records(tmp_path, ("ease",), "leave_one_out", 0, config={**config, "rank_depth": 20},
+                                 num_test=2) is None
+    assert jobs.finished_records(tmp_path, ("ease",), "leave_one_out", 0, config=config, num_test=3) is None
+    other = tmp_path / "other"
+    reused = {("ease", "leave_one_out", 0): done}
+    assert jobs.finished_records(other, ("ease",), "leave_one_out", 0, config=config, num_test=2, reused=reused) == [done]
+    assert json.loads(jobs.record_path(other, "ease", "leave_one_out", 0).read_text()) == done  # copied in
+    both = ("fusion_full", jobs.TARGET_TIME)  # a job with two records is finished only with both
+    jobs.write_record(tmp_path, {**done, "model": "fusion_full"})
+    assert jobs.finished_records(tmp_path, both, "leave_one_out", 0, config=config, num_test=2) is None
