@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig
+
+logger = logging.getLogger(__name__)
+_WARNED_SHA256: set[str] = set()
+
+
+@functools.cache
+def modeling_source_sha256() -> str | None:
+    """sha256 of the modeling_fusionrec.py next to this file: the code that saves or loads the weights."""
+    path = Path(__file__).with_name("modeling_fusionrec.py")
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def warn_if_modeling_changed(recorded: str | None) -> None:
+    """Warn (once per process and recorded hash) when a checkpoint was saved by another modeling_fusionrec.py."""
+    current = modeling_source_sha256()
+    if recorded is None or current is None or recorded == current or recorded in _WARNED_SHA256:
+        return
+    _WARNED_SHA256.add(recorded)
+    logger.warning(
+        "this checkpoint was saved by modeling_fusionrec.py with sha256 %s, the code loading it has sha256 %s: "
+        "its outputs may differ from the saved model's; load it with trust_remote_code=True to run its own code.",
+        recorded[:12], current[:12],
+    )
 
 
 class FusionRecConfig(PretrainedConfig):
@@ -58,6 +85,8 @@ class FusionRecConfig(PretrainedConfig):
         rating_loss_weight (`float`): Weight of the rating-regression loss in the total loss; 0 disables the head's
             loss (the head is still built and predicts).
         initializer_range (`float`): Standard deviation of the normal initialiser for embeddings and linear layers.
+        modeling_sha256 (`str`, *optional*): sha256 of the modeling_fusionrec.py that saved the checkpoint, written by
+            `save_pretrained`; loading with a different file logs a warning once.
     """
 
     model_type = "fusionrec"
@@ -106,6 +135,7 @@ class FusionRecConfig(PretrainedConfig):
         logq_correction: bool = True,
         rating_loss_weight: float = 0.5,
         initializer_range: float = 0.02,
+        modeling_sha256: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.num_movies = num_movies
@@ -147,9 +177,37 @@ class FusionRecConfig(PretrainedConfig):
         self.logq_correction = logq_correction
         self.rating_loss_weight = rating_loss_weight
         self.initializer_range = initializer_range
+        self.modeling_sha256 = modeling_sha256
         kwargs.setdefault("custom_pipelines", copy.deepcopy(self.custom_pipelines_default))
         super().__init__(**kwargs)
+        self._check_types()
         self._check_sizes()
+        warn_if_modeling_changed(modeling_sha256)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """Also record which modeling_fusionrec.py the saved weights go with (`modeling_sha256`)."""
+        self.modeling_sha256 = modeling_source_sha256()
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    def _check_types(self) -> None:
+        """A config.json edited by hand fails here, naming the field, not deep inside the model."""
+        kinds = {
+            "an int": (int, ("num_movies", "num_users", "hidden_size", "fusion_hidden_size", "text_hidden_size",
+                             "text_max_length", "perceiver_num_latents", "perceiver_depth", "perceiver_num_heads",
+                             "perceiver_head_dim", "user_num_layers", "user_num_heads", "max_history_length",
+                             "num_rating_buckets")),
+            "a number": ((int, float), ("movie_id_dropout", "user_id_dropout", "rating_step", "rating_min", "rating_max",
+                                        "time_origin", "time_scale", "dropout", "retrieval_temperature",
+                                        "rating_loss_weight", "initializer_range")),
+            "true or false": (bool, ("use_id_embedding", "use_content_features", "use_text", "learn_temperature",
+                                     "logq_correction")),
+            "a string": (str, ("text_encoder_name_or_path",)),
+        }  # fmt: skip
+        for kind, (types, names) in kinds.items():
+            for name in names:
+                value = getattr(self, name)
+                if not isinstance(value, types) or (types is not bool and isinstance(value, bool)):
+                    raise ValueError(f"FusionRecConfig.{name} must be {kind}, got {value!r}.")
 
     def _check_sizes(self) -> None:
         """Fail at construction, not at the first forward pass, on sizes no model can have."""

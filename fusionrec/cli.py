@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 import re
 import sys
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from fusionrec.data.catalog import MovieCatalog, load_catalog
 from fusionrec.data.loading import load_feature_spec, load_tables
 from fusionrec.data.sequences import UserSequence, read_sequences
-from fusionrec.errors import CommandError, DatasetError, one_line
+from fusionrec.errors import CommandError, InputError, first_line, one_line
 from fusionrec.growth import grow_model
 from fusionrec.retrieval import catalog_vectors
 
@@ -29,10 +31,11 @@ EXIT_BAD_INPUT = 2
 
 
 def run_command(body: Callable[[], int | None]) -> int:
-    """Run a command body; bad input (CommandError, DatasetError) prints `error: ...` on one line and gives exit 2."""
+    """Run a command body; bad input (any InputError: a bad option, dataset, model or output) prints `error: ...` on
+    one line and gives exit 2."""
     try:
         return body() or 0
-    except (CommandError, DatasetError) as error:
+    except InputError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -43,6 +46,20 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise CommandError(f"{self.prog}: {message}")
+
+
+# What loading a damaged checkpoint raises: a truncated or foreign weights file (SafetensorError), a config.json that
+# is no JSON (OSError) or holds a field of the wrong type (ValueError, TypeError), weights of the wrong shape (RuntimeError).
+CHECKPOINT_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError)
+CHECKPOINT_FIX = "save it again with save_pretrained or use another checkpoint."
+
+
+def checkpoint_problem(error: BaseException) -> str:
+    """What is wrong with a checkpoint that failed to load, in a few words."""
+    text = first_line(error)
+    if "ignore_mismatched_sizes" in text:  # transformers points at a load report that quiet_libraries held back
+        return "its weights do not fit the sizes in its config.json"
+    return text[:300]
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -65,8 +82,8 @@ def load_model(name_or_path: str | os.PathLike, *, device: str = "cpu"):
     try:
         with quiet_libraries():
             model = AutoModel.from_pretrained(name, trust_remote_code=True)
-    except (OSError, ValueError, KeyError) as error:
-        raise CommandError(f"{name}: cannot load the model ({one_line(error)[:300]}).") from error
+    except CHECKPOINT_ERRORS as error:
+        raise CommandError(f"{name}: cannot load the model ({checkpoint_problem(error)}); {CHECKPOINT_FIX}") from None
     if getattr(model.config, "model_type", None) != "fusionrec":
         raise CommandError(f"{name}: model_type is {model.config.model_type!r}, not a fusionrec model.")
     return model.to(resolve_device(device)).eval()
@@ -89,8 +106,9 @@ def check_dataset_dir(dataset_dir: str | os.PathLike) -> Path:
 
 @contextmanager
 def quiet_libraries():
-    """No per-file progress bars from transformers (weights) or datasets (parquet -> arrow) while loading: the
-    commands print their own progress, and an error stays the only line on stderr."""
+    """While loading: no per-file progress bars from transformers (weights) or datasets (parquet -> arrow), and their
+    log records (transformers' load report, datasets' read errors) held back: replayed when the load succeeds,
+    dropped when it fails, so that the command's one-line error is all stderr shows."""
     import datasets
     from transformers.utils import logging as transformers_logging
 
@@ -98,9 +116,23 @@ def quiet_libraries():
     transformers_bars = transformers_logging.is_progress_bar_enabled()
     datasets.utils.logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    held: list[logging.LogRecord] = []
+    hold = logging.Handler()
+    hold.emit = held.append
+    loggers = [logging.getLogger(name) for name in ("transformers", "datasets")]
+    saved = [(logger.handlers, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers, logger.propagate = [hold], False
     try:
         yield
+    except BaseException:
+        held.clear()
+        raise
     finally:
+        for logger, (handlers, propagate) in zip(loggers, saved, strict=True):
+            logger.handlers, logger.propagate = handlers, propagate
+        for record in held:
+            logging.getLogger(record.name).handle(record)
         if datasets_bars:
             datasets.utils.logging.enable_progress_bar()
         if transformers_bars:

@@ -1,18 +1,30 @@
-"""The errors a stage raises for bad input, and how they print as one line (the commands exit with status 2)."""
+"""The errors a stage raises for bad input, and how they print as one line (the commands exit with status 2).
+
+Every one is an `InputError`: the commands catch that one class, print `error: <one line>` and exit with status 2.
+"""
 
 from __future__ import annotations
 
 
-class PrepareError(Exception):
+class InputError(Exception):
+    """Bad input that stops a command: the message is one line naming the file, row or field and the fix."""
+
+
+class PrepareError(InputError):
     """Bad input that stops the run (missing file or column, nothing left to keep). One line, no traceback."""
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """A dataset folder that cannot be used; the message is one line naming the file or field and the fix."""
 
 
-class CommandError(Exception):
+class CommandError(InputError):
     """Bad input to a command; the message is one line saying what is wrong and how to fix it."""
+
+
+class WriteError(InputError):
+    """An output that cannot be written (disk full, read-only folder, a file in the way); nothing half-written is
+    left behind and earlier outputs are untouched."""
 
 
 def one_line(error: BaseException) -> str:

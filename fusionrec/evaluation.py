@@ -27,7 +27,7 @@ from fusionrec.cli import open_session, run_command
 from fusionrec.data.catalog import MovieCatalog
 from fusionrec.data.sequences import SPLITS, EvaluationExamples, evaluation_examples
 from fusionrec.errors import CommandError
-from fusionrec.io import atomic_write_text
+from fusionrec.io import atomic_write_text, check_writable
 from fusionrec.metrics.fusionrec_metrics import ranking_metrics, rating_rmse
 from fusionrec.retrieval import ExactSearch, catalog_vectors, make_search, user_vectors
 
@@ -289,6 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         if any(k <= 0 for k in args.k) or args.batch_size <= 0:
             raise CommandError("--k and --batch-size must be positive integers.")
+        if args.output is not None:
+            if args.output.is_dir():
+                raise CommandError(f"--output {args.output} is a folder; give a file name such as results.json.")
+            check_writable(args.output.absolute().parent)  # fail now, not after the evaluation
         started = time.perf_counter()
         session = open_session(
             args.model, args.dataset, device=args.device, cache_dir=args.cache_dir,

@@ -12,9 +12,11 @@ User files hold user_index, user_id, as_of (the date, or "last"), as_of_timestam
 num_ratings (ratings read), vector. A user with no ratings yet at a date keeps a row (num_ratings 0): the vector of
 their user id alone. `vector` is a fixed-size list of float16; CSV files (--format csv) spread it over v0..v{d-1}.
 
-Every file is written to a temporary name and renamed. Users are computed in chunks of --chunk-size, each saved as
-a part file under OUT/.parts/; a rerun after an interruption skips the finished chunks (when the model, dataset,
-dates and chunk size are unchanged) and then combines the parts.
+OUT is built whole in a staging folder next to it, .OUT.partial/, and renamed into place when complete: OUT is
+always the previous export or the new one, never half of one (an existing OUT must hold a previous export, i.e. a
+manifest.json). Users are computed in chunks of --chunk-size, each saved as a part file in the staging folder; a
+rerun after an interruption (Ctrl-C, a kill) skips the finished chunks (when the model, dataset, dates and chunk size
+are unchanged). A run that stops with an error removes the staging folder.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 
 from fusionrec.cli import format_time, open_session, parse_date, run_command
 from fusionrec.errors import CommandError
-from fusionrec.io import atomic_write_text
+from fusionrec.io import atomic_output, atomic_write_text, check_writable, remove_path
 from fusionrec.retrieval import user_vectors
 
 PARTS = ".parts"
@@ -48,20 +49,19 @@ def vector_array(vectors: torch.Tensor | np.ndarray) -> pa.FixedSizeListArray:
 
 def write_table(table: pa.Table, path: Path, fmt: str) -> Path:
     """Atomically write a table as parquet or CSV (vector -> v0..v{d-1} columns)."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if fmt == "parquet":
-        pq.write_table(table, temporary)
-    else:
-        import pyarrow.csv as pacsv
+    with atomic_output(path) as temporary:
+        if fmt == "parquet":
+            pq.write_table(table, temporary)
+        else:
+            import pyarrow.csv as pacsv
 
-        columns = {name: table[name] for name in table.column_names if name != "vector"}
-        if "vector" in table.column_names:
-            dim = table.schema.field("vector").type.list_size
-            flat = table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-            matrix = flat.reshape(-1, dim) if dim else np.zeros((len(table), 0), np.float32)
-            columns.update({f"v{i}": pa.array(matrix[:, i]) for i in range(dim)})
-        pacsv.write_csv(pa.table(columns), temporary)
-    os.replace(temporary, path)
+            columns = {name: table[name] for name in table.column_names if name != "vector"}
+            if "vector" in table.column_names:
+                dim = table.schema.field("vector").type.list_size
+                flat = table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+                matrix = flat.reshape(-1, dim) if dim else np.zeros((len(table), 0), np.float32)
+                columns.update({f"v{i}": pa.array(matrix[:, i]) for i in range(dim)})
+            pacsv.write_csv(pa.table(columns), temporary)
     return path
 
 
@@ -152,30 +152,57 @@ def export_users(
     return written
 
 
+def check_output(output: Path) -> None:
+    """OUT is replaced whole: it must be new, empty or a previous export, never a folder of other files."""
+    if output.exists() and not output.is_dir():
+        raise CommandError(f"--output {output} exists and is not a folder; choose another path.")
+    if output.is_dir() and any(output.iterdir()) and not (output / "manifest.json").is_file():
+        raise CommandError(
+            f"--output {output} holds other files (no manifest.json of a previous export), and the export replaces "
+            "the whole folder; choose a new or empty folder."
+        )
+
+
+def staging_folder(output: Path) -> Path:
+    """Where an export is built (and resumed from) before it replaces OUT."""
+    output = output.absolute()
+    return output.with_name(f".{output.name}.partial")
+
+
 def export(args, *, session=None) -> dict:
     output = Path(args.output)
     dates = [(text, parse_date(text)) for text in (args.as_of or [])]
     if args.chunk_size <= 0 or args.batch_size <= 0:
         raise CommandError("--chunk-size and --batch-size must be positive integers.")
+    check_output(output)
+    check_writable(output.absolute().parent)
     if session is None:
         session = open_session(
             args.model, args.dataset, device=args.device, cache_dir=args.cache_dir,
             batch_size=args.batch_size, show_progress=not args.no_progress,
         )
-    output.mkdir(parents=True, exist_ok=True)
+    staging = staging_folder(output)
+    for leftover in staging.iterdir() if staging.is_dir() else []:  # a resumed run keeps only the finished parts
+        if leftover.name != PARTS:
+            remove_path(leftover)
+    with atomic_output(output, folder=True, temporary=staging, keep_on_interrupt=True) as folder:
+        manifest = write_export(args, session, folder, dates)
+    return manifest
+
+
+def write_export(args, session, folder: Path, dates: list[tuple[str, int]]) -> dict:
+    """Every file of the export into `folder` (the staging folder); finished user parts are kept between runs."""
     movie_vectors = session.movie_vectors()
     formats = list(dict.fromkeys(args.format))
-    files = [write_table(movies_table(session, movie_vectors), output / f"movies.{fmt}", fmt) for fmt in formats]
+    files = [write_table(movies_table(session, movie_vectors), folder / f"movies.{fmt}", fmt) for fmt in formats]
     targets = [("users", None)] if not dates else [(f"users_as_of_{format_time(t)}", t) for _, t in dates]
     for stem, as_of in targets:
         key = fingerprint(session, str(args.model), as_of, args.chunk_size)
         files += export_users(
-            session, output, stem=stem, as_of=as_of, movie_vectors=movie_vectors, chunk_size=args.chunk_size,
+            session, folder, stem=stem, as_of=as_of, movie_vectors=movie_vectors, chunk_size=args.chunk_size,
             batch_size=args.batch_size, key=key, formats=formats, show_progress=not args.no_progress,
         )
-    parts_root = output / PARTS
-    if parts_root.is_dir() and not any(parts_root.iterdir()):
-        parts_root.rmdir()
+    shutil.rmtree(folder / PARTS, ignore_errors=True)
     manifest = {
         "model": str(args.model),
         "dataset": str(args.dataset),
@@ -186,7 +213,7 @@ def export(args, *, session=None) -> dict:
         "as_of": [format_time(t) for _, t in dates] or ["last rating"],
         "files": sorted(path.name for path in files),
     }
-    atomic_write_text(output / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

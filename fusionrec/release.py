@@ -43,7 +43,7 @@ from fusionrec.data.sequences import SPLITS, read_sequences
 from fusionrec.errors import CommandError, one_line
 from fusionrec.evaluation import evaluate_splits, format_table
 from fusionrec.hub import HubUploadError, upload_folder
-from fusionrec.io import atomic_directory
+from fusionrec.io import atomic_output
 
 PROGRAM = "release.py"
 K_VALUES = (10, 20)
@@ -355,7 +355,7 @@ License: Apache-2.0 (model and code).
 def build_release(model, *, output: Path, source: Path, card: str) -> Path:
     """The release folder, swapped into place atomically: save_pretrained (weights, config with the pipeline,
     remote code), the movie catalog, the source's training record and the card."""
-    with atomic_directory(output) as folder, quiet_libraries():
+    with atomic_output(output, folder=True) as folder, quiet_libraries():
         model.save_pretrained(folder, safe_serialization=True)
         model.movie_catalog().save(folder)
         if (source / "training_metrics.json").is_file():

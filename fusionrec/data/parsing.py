@@ -112,18 +112,26 @@ def crew_tokens(crew: Iterable[dict], jobs: Sequence[str] = CREW_JOBS) -> list[s
     return out
 
 
+INT64_MAX = 2**63 - 1
+
+
 def parse_int_id(value: Any) -> int | None:
-    """A non-negative integer id from "862", "862.0", 862 or 862.0; None for "1997-08-20", "", "abc", NaN, -1."""
+    """A non-negative integer id that fits int64 from "862", "862.0", 862 or 862.0; None for "1997-08-20", "",
+    "abc", NaN, -1 or 99999999999999999999."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, np.integer)):
-        return int(value) if value >= 0 else None
-    if isinstance(value, (float, np.floating)):
-        return int(value) if math.isfinite(value) and float(value).is_integer() and value >= 0 else None
-    text = as_text(value)
-    if text is None or not _INT_RE.match(text):
-        return None
-    return int(text.split(".", 1)[0].lstrip("+"))
+        number = int(value)
+    elif isinstance(value, (float, np.floating)):
+        if not (math.isfinite(value) and float(value).is_integer()):
+            return None
+        number = int(value)
+    else:
+        text = as_text(value)
+        if text is None or not _INT_RE.match(text):
+            return None
+        number = int(text.split(".", 1)[0].lstrip("+"))
+    return number if 0 <= number <= INT64_MAX else None
 
 
 def parse_float(value: Any) -> float:

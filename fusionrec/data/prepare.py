@@ -70,9 +70,9 @@ from fusionrec.data.update import (
     stored_movies,
     updated_cold_items,
 )
-from fusionrec.errors import PrepareError
+from fusionrec.errors import InputError, PrepareError, one_line
 from fusionrec.hub import HubUploadError, upload_folder
-from fusionrec.io import atomic_directory, sha256_file
+from fusionrec.io import atomic_output, check_writable, sha256_file
 
 FORMAT_VERSION = 1
 SOURCES = ("tmdb", "movielens", "synthetic")
@@ -152,7 +152,7 @@ def check_output_folder(output: Path) -> None:
 def write_dataset(
     folder: Path, movies: pa.Table, sequences: pa.Table, spec: dict[str, Any], license_id: str, note: str
 ) -> None:
-    """Write the contract's files into `folder` (the temp dir of atomic_directory)."""
+    """Write the contract's files into `folder` (the temporary folder of atomic_output)."""
     write_parquet(movies, folder / "movies" / "train-00000-of-00001.parquet")
     write_parquet(sequences, folder / "sequences" / "train-00000-of-00001.parquet")
     (folder / "feature_spec.json").write_text(
@@ -320,7 +320,8 @@ def prepare(
     With `update_from` (a prepared folder), the raw files are added to that folder's data and every stored index,
     vocabulary entry and statistic is kept (fusionrec/data/update.py); the settings come from that folder.
 
-    Raises PrepareError for bad input (missing file/column, bad options, nothing left after cleaning)."""
+    Raises PrepareError for bad input (missing file/column, bad options, nothing left after cleaning) and
+    WriteError for an output that cannot be written; either way an existing dataset at `output` is untouched."""
     given = {
         "loo_min_interactions": loo_min_interactions,
         "temporal_quantile": temporal_quantile,
@@ -345,6 +346,8 @@ def prepare(
     if not 0.0 <= splits["cold_fraction"] <= 1.0:
         raise PrepareError(f"--cold-fraction must be in [0, 1], got {splits['cold_fraction']}")
     output = Path(output)
+    check_output_folder(output)
+    check_writable(output.absolute().parent)  # fail now, not after reading every file
     skipped: Counter = Counter()
 
     with tempfile.TemporaryDirectory(prefix="fusionrec-raw-") as scratch:
@@ -373,9 +376,11 @@ def prepare(
 
     rows_read = data.ratings.rows_read
     if data.ratings.user.size == 0 and previous is None:
-        raise PrepareError(
-            f"no valid ratings left in {data.files[0].name} (skipped: {dict(skipped)}); check the file"
-        )
+        name = data.files[0].name
+        if rows_read == 0:
+            raise PrepareError(f"{name} has a header but no data rows; use the complete ratings file")
+        reasons = ", ".join(f"{k.split('/', 1)[1]} {v}" for k, v in sorted(skipped.items()) if k.startswith("ratings/"))
+        raise PrepareError(f"no valid ratings left in {name}: all {rows_read} rows skipped ({reasons}); check the file")
     if previous is None:
         tables = fresh_tables(data, settings, skipped, timings)
         new_kept = int(tables.inter.rating.size)
@@ -446,7 +451,7 @@ def prepare(
     license_id, note = LICENSES[source]
     with stage("write", timings):
         check_output_folder(output)
-        with atomic_directory(output) as tmp:
+        with atomic_output(output, folder=True) as tmp:
             write_dataset(tmp, tables.movies, tables.sequences, spec, license_id, note)
     pushed = None
     if push_to_hub_repo:
@@ -588,8 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             hub_private=True if args.private else None,
             progress=not args.quiet and sys.stderr.isatty(),
         )
-    except PrepareError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except InputError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     print(summary.format_table(), end="")
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in summary.timings.items())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from fusionrec.data.parsing import as_text, parse_int_id
-from fusionrec.errors import PrepareError
+from fusionrec.errors import PrepareError, first_line
 
 logger = logging.getLogger("prepare_dataset")  # the data modules log under the command they serve
 
@@ -50,12 +51,29 @@ def with_progress(items: Iterable, total: int, desc: str, enabled: bool) -> Iter
     return tqdm(items, total=total, desc=desc, unit="movie", leave=False)
 
 
+_NOT_UTF8 = (
+    (b"\xff\xfe\x00\x00", "UTF-32 text; save it as UTF-8"),
+    (b"\x00\x00\xfe\xff", "UTF-32 text; save it as UTF-8"),
+    (b"\xff\xfe", "UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
+    (b"\xfe\xff", "UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
+    (b"\x1f\x8b", "gzip-compressed; decompress it first (gunzip)"),
+    (b"PK\x03\x04", "a zip archive; unzip it first"),
+)
+
+
 def read_header(path: Path, delimiter: str = ",", encoding: str = "utf-8") -> list[str]:
-    with open(path, encoding=encoding, errors="replace", newline="") as handle:
-        line = handle.readline()
-    if not line.strip():
+    """The header row's column names; an empty, UTF-16, compressed or binary file stops with one line."""
+    with open(path, "rb") as handle:
+        line = handle.readline(1 << 16)
+    for magic, what in _NOT_UTF8:
+        if line.startswith(magic):
+            raise PrepareError(f"{path.name} is {what}")
+    if b"\x00" in line:
+        raise PrepareError(f"{path.name} is not a text CSV (NUL bytes in its first line); use the original file")
+    text = line.decode(encoding, errors="replace")
+    if not text.strip():
         raise PrepareError(f"{path.name} is empty: expected a header row; re-download or re-export the file")
-    return [name.strip().lstrip("\ufeff") for name in next(csv.reader([line], delimiter=delimiter))]
+    return [name.strip().lstrip("\ufeff") for name in next(csv.reader([text], delimiter=delimiter))]
 
 
 def require_columns(path: Path, header: Sequence[str], required: Sequence[str]) -> None:
@@ -74,6 +92,69 @@ def require_file(directory: Path, name: str, hint: str) -> Path:
     return path
 
 
+@contextmanager
+def _undecodable_rows_noted(flag: list[bool]) -> Iterator[None]:
+    """pyarrow decodes a malformed row as UTF-8 before it calls the skip handler, and reports a row it cannot decode
+    to sys.unraisablehook (a traceback on stderr) instead: note it here, quietly; the caller reads again as Latin-1."""
+    previous = sys.unraisablehook
+
+    def hook(event: Any) -> None:
+        if isinstance(event.exc_value, UnicodeDecodeError):
+            flag.append(True)
+        else:
+            previous(event)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def read_csv(
+    path: Path, *, delimiter: str, column_types: dict, column_names: Sequence[str] | None = None,
+    newlines_in_values: bool = False,
+) -> tuple[pa.Table, int, bool]:
+    """pyarrow's read_csv (only `column_types`' columns) with malformed rows (wrong number of fields) skipped;
+    returns the table, the number of rows skipped and whether it was read as Latin-1: a file with a malformed row
+    of undecodable bytes is read again that way, where every byte decodes (text cells then map back to their bytes
+    with `original_bytes`). A file that is no CSV at all stops with one line."""
+    malformed: list[int] = []
+    undecodable: list[bool] = []
+
+    def on_invalid(_row: Any) -> str:
+        malformed.append(1)
+        return "skip"
+
+    for latin1 in (False, True):
+        malformed.clear()
+        try:
+            with _undecodable_rows_noted(undecodable):
+                table = pacsv.read_csv(
+                    path,
+                    read_options=pacsv.ReadOptions(
+                        column_names=list(column_names) if column_names else None, block_size=1 << 26,
+                        encoding="latin-1" if latin1 else "utf8",
+                    ),
+                    parse_options=pacsv.ParseOptions(
+                        delimiter=delimiter, quote_char='"', newlines_in_values=newlines_in_values,
+                        invalid_row_handler=on_invalid,
+                    ),
+                    convert_options=pacsv.ConvertOptions(column_types=column_types, include_columns=list(column_types)),
+                )  # fmt: skip
+        except pa.ArrowInvalid as error:
+            if undecodable and not latin1:
+                continue
+            raise PrepareError(f"{path.name} cannot be read as CSV ({first_line(error)[:160]}); check the file") from None
+        return table, len(malformed), latin1
+    raise AssertionError("unreachable")
+
+
+def original_bytes(cell: bytes | None) -> bytes | None:
+    """A text cell read as Latin-1 back to the bytes the file holds."""
+    return None if cell is None else cell.decode("utf-8").encode("latin-1")
+
+
 @dataclass
 class RatingsColumns:
     """Kept ratings in source file order."""
@@ -85,16 +166,39 @@ class RatingsColumns:
     rows_read: int
 
 
-def _numeric_from_strings(column: pa.ChunkedArray) -> np.ndarray:
-    values = column.to_numpy(zero_copy_only=False)
-    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+_INT_TEXT = r"^\s*\+?0*(\d{1,19})(?:\.0*)?\s*$"
+_FLOAT_TEXT = r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$"
+_INT64_MAX = str(np.iinfo(np.int64).max).encode()
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a date can show
 
 
-def _int_valid(values: np.ndarray) -> np.ndarray:
-    if np.issubdtype(values.dtype, np.integer):
-        return values >= 0
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(values) & (values >= 0) & (values == np.floor(values))
+def _matches(column: pa.ChunkedArray, pattern: str) -> pa.ChunkedArray:
+    return pc.fill_null(pc.match_substring_regex(column, pattern), False)
+
+
+def int_column(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """int64 values and a mask of the valid ones: non-negative whole numbers ("862", "+862", "862.0") that fit
+    int64, exactly (no float round trip, so an id beyond int64 is invalid, not wrapped)."""
+    if pa.types.is_integer(column.type):
+        valid = pc.fill_null(pc.greater_equal(column, 0), False)
+        return pc.fill_null(column, 0).to_numpy(), valid.to_numpy()
+    digits = pc.replace_substring_regex(column, _INT_TEXT, r"\1")
+    valid = pc.and_(_matches(column, _INT_TEXT), pc.invert(pc.and_(
+        pc.equal(pc.binary_length(digits), len(_INT64_MAX)), pc.greater(digits, pa.scalar(_INT64_MAX, digits.type))
+    )))  # fmt: skip
+    valid = pc.fill_null(valid, False)
+    safe = pc.if_else(valid, digits, pa.scalar(b"0", digits.type))
+    return pc.cast(pc.cast(safe, pa.string()), pa.int64()).to_numpy(), valid.to_numpy()
+
+
+def float_column(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values and a mask of the finite ones (text such as "nan", "inf", "4 stars" is invalid)."""
+    if not pa.types.is_floating(column.type):
+        number = _matches(column, _FLOAT_TEXT)
+        text = pc.utf8_trim_whitespace(pc.cast(pc.if_else(number, column, pa.scalar(b"0", column.type)), pa.string()))
+        column = pc.if_else(number, pc.cast(text, pa.float64()), None)
+    values = pc.fill_null(column, np.nan).to_numpy()
+    return values, np.isfinite(values)
 
 
 def read_ratings(
@@ -107,64 +211,42 @@ def read_ratings(
     rating_range: tuple[float, float] = DEFAULT_RATING_RANGE,
 ) -> RatingsColumns:
     """Read a ratings file column-wise. Malformed rows and bad values are skipped and counted in `skipped`
-    under "ratings/<reason>"; rows_read counts every data row seen."""
+    under "ratings/<reason>"; rows_read counts every data row seen. A clean file is parsed straight into numbers;
+    one with a bad cell is read as bytes and every cell checked, so nothing is kept by accident (an id beyond
+    int64, a timestamp past year 9999)."""
     user_col, movie_col, rating_col, time_col = columns
     if has_header:
         require_columns(path, read_header(path, delimiter), columns)
-        read_options = pacsv.ReadOptions(block_size=1 << 26)
-    else:
-        read_options = pacsv.ReadOptions(column_names=list(columns), block_size=1 << 26)
-    malformed: list[int] = []
-
-    def on_invalid(_row: Any) -> str:
-        malformed.append(1)
-        return "skip"
-
-    parse_options = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
+    names = None if has_header else columns
     typed = {user_col: pa.int64(), movie_col: pa.int64(), rating_col: pa.float64(), time_col: pa.int64()}
     try:
-        table = pacsv.read_csv(
-            path,
-            read_options=read_options,
-            parse_options=parse_options,
-            convert_options=pacsv.ConvertOptions(column_types=typed, include_columns=list(columns)),
-        )
-        as_strings = False
-    except pa.ArrowInvalid:
-        # Some cell is not a number: re-read as text and coerce, so bad cells become NaN and get counted.
-        malformed.clear()
-        table = pacsv.read_csv(
-            path,
-            read_options=read_options,
-            parse_options=parse_options,
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(columns, pa.string()), include_columns=list(columns)
-            ),
-        )
-        as_strings = True
+        table, malformed, _ = read_csv(path, delimiter=delimiter, column_types=typed, column_names=names)
+    except PrepareError:
+        # Some cell is not a number (or not text at all): read bytes, so bad cells are counted, never guessed.
+        text = dict.fromkeys(columns, pa.binary())
+        table, malformed, _ = read_csv(path, delimiter=delimiter, column_types=text, column_names=names)
     if malformed:
-        skipped["ratings/malformed_row"] += len(malformed)
+        skipped["ratings/malformed_row"] += malformed
     rows = table.num_rows
-
-    def numeric(name: str) -> np.ndarray:
-        column = table.column(name)
-        if as_strings:
-            return _numeric_from_strings(column)
-        if column.null_count:
-            return column.to_numpy().astype(np.float64)  # nulls -> NaN
-        return column.to_numpy()
-
-    user, movie, rating, ts = [numeric(name) for name in columns]
+    user, user_ok = int_column(table.column(user_col))
+    movie, movie_ok = int_column(table.column(movie_col))
+    rating, rating_ok = float_column(table.column(rating_col))
+    ts, ts_ok = int_column(table.column(time_col))
+    repeated_header = np.zeros(rows, dtype=bool)
+    if has_header and pa.types.is_binary(table.column(user_col).type):
+        repeated_header = np.logical_and.reduce(
+            [pc.fill_null(pc.equal(table.column(name), name.encode()), False).to_numpy() for name in columns]
+        )
     lo, hi = rating_range
-    with np.errstate(invalid="ignore"):
-        rating_numeric = np.isfinite(rating)
-        reasons = [
-            ("bad_user_id", ~_int_valid(user)),
-            ("bad_movie_id", ~_int_valid(movie)),
-            ("bad_rating", ~rating_numeric),
-            ("rating_out_of_range", rating_numeric & ((rating < lo) | (rating > hi))),
-            ("bad_timestamp", ~_int_valid(ts)),
-        ]
+    reasons = [
+        ("repeated_header", repeated_header),
+        ("bad_user_id", ~user_ok),
+        ("bad_movie_id", ~movie_ok),
+        ("bad_rating", ~rating_ok),
+        ("rating_out_of_range", rating_ok & ((rating < lo) | (rating > hi))),
+        ("bad_timestamp", ~ts_ok),
+        ("timestamp_out_of_range", ts_ok & (ts > MAX_TIMESTAMP)),
+    ]
     keep = np.ones(rows, dtype=bool)
     for reason, bad in reasons:
         hit = bad & keep
@@ -182,7 +264,7 @@ def read_ratings(
         movie=pick(movie, np.int64),
         rating=pick(rating, np.float32),
         timestamp=pick(ts, np.int64),
-        rows_read=rows + len(malformed),
+        rows_read=rows + malformed,
     )
 
 
@@ -202,29 +284,19 @@ def read_text_table(
     if has_header:
         header = read_header(path, delimiter, encoding)
         require_columns(path, header, required)
-        read_options = pacsv.ReadOptions(block_size=1 << 26)
     else:
         header = list(column_names or [])
-        read_options = pacsv.ReadOptions(column_names=header, block_size=1 << 26)
-    malformed: list[int] = []
-
-    def on_invalid(_row: Any) -> str:
-        malformed.append(1)
-        return "skip"
-
-    table = pacsv.read_csv(
-        path,
-        read_options=read_options,
-        parse_options=pacsv.ParseOptions(
-            delimiter=delimiter, newlines_in_values=True, invalid_row_handler=on_invalid, quote_char='"'
-        ),
-        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.binary())),
-    )
+    table, malformed, latin1 = read_csv(
+        path, delimiter=delimiter, column_types=dict.fromkeys(header, pa.binary()),
+        column_names=None if has_header else header, newlines_in_values=True,
+    )  # fmt: skip
     if malformed:
-        skipped[f"{name}/malformed_row"] += len(malformed)
+        skipped[f"{name}/malformed_row"] += malformed
     out: dict[str, list[str | None]] = {}
     for column in header:
         raw = table.column(column).to_pylist()
+        if latin1:
+            raw = [original_bytes(v) for v in raw]
         if encoding == "utf-8":
             out[column] = [as_text(v) for v in raw]
         else:

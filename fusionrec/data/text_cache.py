@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from fusionrec.io import atomic_save_safetensors, atomic_write_text
+from fusionrec.errors import CommandError, first_line
+from fusionrec.io import atomic_save_safetensors, atomic_write_text, make_folder
+
+logger = logging.getLogger(__name__)
 
 
 def default_cache_root() -> Path:
@@ -29,6 +34,32 @@ def text_cache_dir(cache_root: str | os.PathLike, *, encoder_name: str, revision
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def encoder_problem(name: str, error: BaseException) -> str:
+    """Why a text encoder did not load, in a few words (a local folder that is gone reads as such, not as a bad
+    Hub repo id)."""
+    path = Path(name).expanduser()
+    if (path.is_absolute() or name.startswith((".", "~"))) and not path.exists():
+        return f"no folder {path}"
+    return first_line(error)[:200]
+
+
+def read_cache(index_path: Path, states_path: Path) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
+    """The cache's index and tensors; a damaged or inconsistent cache (a truncated file, a kill between its two
+    files) is logged and treated as empty, so it is rebuilt instead of stopping the run."""
+    if not (index_path.is_file() and states_path.is_file()):
+        return {}, {}
+    try:
+        known = json.loads(index_path.read_text(encoding="utf-8"))
+        stored = load_file(states_path)
+        rows = len(stored["lengths"])
+        if stored["states"].shape[0] != rows or not all(isinstance(v, int) and 0 <= v < rows for v in known.values()):
+            raise ValueError(f"{len(known)} index entries for {rows} rows")
+    except (OSError, ValueError, KeyError, AttributeError, SafetensorError) as error:
+        logger.warning("text cache %s is damaged (%s); rebuilding it", states_path.parent, first_line(error)[:200])
+        return {}, {}
+    return known, stored
 
 
 def build_text_cache(
@@ -46,14 +77,19 @@ def build_text_cache(
     from modeling_fusionrec import encode_texts, load_text_encoder
 
     directory = text_cache_dir(cache_root, encoder_name=encoder_name, revision=revision, max_length=max_length)
-    directory.mkdir(parents=True, exist_ok=True)
     index_path, states_path = directory / "index.json", directory / "states.safetensors"
-    known: dict[str, int] = json.loads(index_path.read_text()) if index_path.is_file() and states_path.is_file() else {}
-    stored = load_file(states_path) if known else {}
+    known, stored = read_cache(index_path, states_path)
     hashes = [text_hash(text) for text in texts]
     missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in known}.items())
     if missing:
-        encoder, tokenizer = load_text_encoder(encoder_name, revision=revision)
+        try:
+            encoder, tokenizer = load_text_encoder(encoder_name, revision=revision)
+        except (OSError, ValueError) as error:
+            raise CommandError(
+                f"text encoder {encoder_name!r} (named by the model's config) cannot be loaded "
+                f"({encoder_problem(encoder_name, error)}); put it back there, or give the --cache-dir that holds its "
+                "cached token states."
+            ) from None
         new_states, new_lengths = [], []
         batches = range(0, len(missing), batch_size)
         for start in tqdm(batches, desc="text cache", unit="batch", disable=not show_progress):
@@ -61,12 +97,12 @@ def build_text_cache(
             states, mask = encode_texts(chunk, encoder=encoder, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size)
             new_states.append(torch.nn.functional.pad(states, (0, 0, 0, max_length - states.shape[1])))
             new_lengths.append(mask.sum(dim=1))
-        old_states = stored.get("states")
-        all_states = torch.cat(([old_states] if old_states is not None else []) + new_states)
-        all_lengths = torch.cat(([stored["lengths"]] if known else []) + new_lengths)
-        offset = len(known)
+        all_states = torch.cat(([stored["states"]] if stored else []) + new_states)
+        all_lengths = torch.cat(([stored["lengths"]] if stored else []) + new_lengths)
+        offset = len(stored["lengths"]) if stored else 0  # rows, not index entries: a kill may fall between the files
         known.update({h: offset + i for i, (h, _) in enumerate(missing)})
         stored = {"states": all_states.contiguous(), "lengths": all_lengths.contiguous()}
+        make_folder(directory)
         atomic_save_safetensors(stored, states_path)
         atomic_write_text(index_path, json.dumps(known, sort_keys=True))
     rows = torch.tensor([known[h] for h in hashes], dtype=torch.long)

@@ -6,12 +6,14 @@ into place atomically.
 from __future__ import annotations
 
 import json
-import os
+import pickle  # only to name the error a damaged accelerate checkpoint raises; nothing is unpickled here
 import re
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
-from fusionrec.io import atomic_replace_dir
+from fusionrec.errors import first_line
+from fusionrec.io import atomic_output, check_writable, make_folder, remove_tree
 from fusionrec.training.options import UsageError, command_line, portable, published_settings
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
@@ -43,6 +45,36 @@ def resolve_resume(args) -> Path | None:
     return path
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """Stop before training when the outputs could not be written: a file in the way, a read-only folder."""
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise UsageError(f"--output-dir {output_dir} exists and is not a folder; choose another path")
+    check_writable(output_dir)
+
+
+def load_weights(model_class, folder: Path):
+    """--init-from's model at its own size; a damaged folder is one line, not a traceback."""
+    from fusionrec.cli import CHECKPOINT_ERRORS, CHECKPOINT_FIX, checkpoint_problem
+
+    try:
+        return model_class.from_pretrained(folder)
+    except CHECKPOINT_ERRORS as error:
+        raise UsageError(f"--init-from {folder}: cannot load the weights ({checkpoint_problem(error)}); {CHECKPOINT_FIX}") from None
+
+
+def resume_state(accelerator, folder: Path) -> None:
+    """accelerator.load_state; a damaged checkpoint (a file truncated or edited after it was written) is one line."""
+    from fusionrec.cli import CHECKPOINT_ERRORS
+
+    try:
+        accelerator.load_state(str(folder))
+    except (*CHECKPOINT_ERRORS, EOFError, pickle.UnpicklingError) as error:
+        raise UsageError(
+            f"--resume-from-checkpoint {folder}: the checkpoint is damaged ({first_line(error)[:200]}); resume from "
+            "an earlier step_N folder or start again in a new --output-dir"
+        ) from None
+
+
 class TrainerState:
     """Loop position and early-stopping state, saved with every checkpoint (register_for_checkpointing)."""
 
@@ -65,23 +97,27 @@ class TrainerState:
 
 
 def save_checkpoint(accelerator, args, state: TrainerState, config) -> Path:
-    """accelerator.save_state into a temporary folder, renamed to step_N once complete; old ones pruned."""
+    """accelerator.save_state into a temporary folder (every process writes its part there), renamed to step_N once
+    complete, so every step_N is whole; a kill midway leaves only the temporary, which the next save removes. Old
+    checkpoints are pruned by renaming them away first, so none is ever half-deleted under its own name."""
     root = checkpoint_root(args.output_dir)
     final = root / f"step_{state.global_step}"
-    temporary = root / f".tmp-step_{state.global_step}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(temporary, ignore_errors=True)
+    temporary = root / f".step_{state.global_step}.partial"
+    main = accelerator.is_main_process
+    if main:
+        make_folder(root)
+        for stale in root.glob(".step_*.partial"):
+            shutil.rmtree(stale)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        config.save_pretrained(temporary)
-        (temporary / "trainer_state.json").write_text(json.dumps(state.state_dict(), indent=1), encoding="utf-8")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(temporary, final)
+    with atomic_output(final, folder=True, temporary=temporary) if main else nullcontext(temporary) as folder:
+        accelerator.save_state(str(folder))
+        accelerator.wait_for_everyone()
+        if main:
+            config.save_pretrained(folder)
+            (folder / "trainer_state.json").write_text(json.dumps(state.state_dict(), indent=1), encoding="utf-8")
+    if main:
         for _, old in list_checkpoints(args.output_dir)[: -args.checkpoints_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
     accelerator.wait_for_everyone()
     return final
 
@@ -144,20 +180,13 @@ def save_model(
         return None
     from fusionrec.retrieval import catalog_vectors
 
-    target = Path(args.output_dir) / kind
-    temporary = Path(args.output_dir) / f".{kind}.tmp-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
+
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(temporary, safe_serialization=True)
     was_training = unwrapped.training
     try:
         vectors = catalog_vectors(unwrapped, catalog)
     finally:
         unwrapped.train(was_training)
-    catalog.release_catalog(vectors=vectors, last_rating_time=int(spec["time"]["max_timestamp"])).save(temporary)
-    (temporary / "README.md").write_text(
-        model_card(args, config, spec, kind=kind, step=step, metrics=metrics, state=state), encoding="utf-8"
-    )
     run = {
         "kind": kind,
         "step": step,
@@ -167,6 +196,11 @@ def save_model(
         "command": command_line(args),
         "settings": published_settings(args),
     }
-    (temporary / "training_metrics.json").write_text(json.dumps(run, indent=1, default=str), encoding="utf-8")
-    atomic_replace_dir(temporary, target)
-    return target
+    with atomic_output(Path(args.output_dir) / kind, folder=True) as folder:
+        unwrapped.save_pretrained(folder, safe_serialization=True)
+        catalog.release_catalog(vectors=vectors, last_rating_time=int(spec["time"]["max_timestamp"])).save(folder)
+        (folder / "README.md").write_text(
+            model_card(args, config, spec, kind=kind, step=step, metrics=metrics, state=state), encoding="utf-8"
+        )
+        (folder / "training_metrics.json").write_text(json.dumps(run, indent=1, default=str), encoding="utf-8")
+    return Path(args.output_dir) / kind

@@ -29,14 +29,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusionrec.cli import quiet_libraries
 from fusionrec.data.collator import TrainingCollator
 from fusionrec.data.loading import check_compatible, load_feature_spec
 from fusionrec.data.sequences import subset_examples
-from fusionrec.errors import DatasetError, first_line
+from fusionrec.errors import InputError, one_line
 from fusionrec.growth import grow_model, grown_config
 from fusionrec.hub import HubUploader
+from fusionrec.io import atomic_write_text
 from fusionrec.training.batches import EpochBatchSampler, KeyedCollator, KeyedWindows, load_training_data
-from fusionrec.training.checkpoints import TrainerState, resolve_resume, save_checkpoint, save_model
+from fusionrec.training.checkpoints import (
+    TrainerState,
+    check_output_dir,
+    load_weights,
+    resolve_resume,
+    resume_state,
+    save_checkpoint,
+    save_model,
+)
 from fusionrec.training.options import PROGRAM, UsageError, build_config, parse_args
 
 
@@ -129,6 +139,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     if args.init_from is not None:
         config = grown_config(config, spec, dataset_dir=args.dataset)
     check_compatible(config, spec, dataset_dir=args.dataset)
+    check_output_dir(args.output_dir)
 
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -154,13 +165,16 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
     say = accelerator.print
 
-    data = load_training_data(args, config, accelerator)
+    with quiet_libraries():
+        data = load_training_data(args, config, accelerator)
     if not data.windows:
         raise UsageError(f"--dataset {args.dataset}: no training events under split {args.split}")
 
     if args.init_from is not None:
         # Loaded at its own size, then grown to an updated dataset's (new rows as fusionrec/growth.py says).
-        model = grow_model(FusionModel.from_pretrained(args.init_from), spec, dataset_dir=args.dataset, seed=args.seed)
+        with quiet_libraries():
+            loaded = load_weights(FusionModel, args.init_from)
+        model = grow_model(loaded, spec, dataset_dir=args.dataset, seed=args.seed)
         config = model.config
     else:
         model = FusionModel(config)
@@ -204,7 +218,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
 
     if args._resume_dir is not None:
         say(f"resuming from {args._resume_dir}")
-        accelerator.load_state(str(args._resume_dir))
+        resume_state(accelerator, args._resume_dir)
     steps_per_epoch = max(1, len(loader) // args.gradient_accumulation_steps)
 
     if accelerator.is_main_process:
@@ -378,7 +392,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         summary["hub_uploaded"] = [upload.name for upload in hub.done]
         shutil.rmtree(output_dir / ".hub-staging", ignore_errors=True)
     if accelerator.is_main_process:
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+        atomic_write_text(output_dir / "train_summary.json", json.dumps(summary, indent=1, default=str))
     # DDP's Reducer co-owns the process group: free it before end_training() destroys the group. A Reducer left to
     # die when train() returns drops the group's last reference with the GIL held; ~ProcessGroupGloo then joins a
     # gloo worker thread that waits for the GIL to free the last collective's tensors, and the process never exits.
@@ -397,8 +411,8 @@ def main(argv: Sequence[str] | None = None, *, hub_api=None) -> int:
     try:
         args = parse_args(argv)
         summary = train(args, hub_api=hub_api)
-    except (UsageError, DatasetError) as error:
-        print(f"{PROGRAM}: error: {first_line(error)}", file=sys.stderr)
+    except InputError as error:
+        print(f"{PROGRAM}: error: {one_line(error)}", file=sys.stderr)
         return 2
     if summary.get("hub_ok") is False:
         print(f"{PROGRAM}: error: Hub upload failed for {', '.join(summary['hub_failed'])}; local copies kept in "

@@ -9,14 +9,14 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from fusionrec.errors import first_line
+from fusionrec.errors import InputError, first_line
 
 PROGRAM = "train_accelerate.py"
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """Bad command-line input; main() prints it as one line and exits with status 2."""
 
 
@@ -200,7 +200,13 @@ def build_config(args, spec: dict):
 
     source = args._resume_dir or args.init_from
     if source is not None:
-        return FusionRecConfig.from_pretrained(source)
+        from fusionrec.cli import CHECKPOINT_ERRORS, CHECKPOINT_FIX, checkpoint_problem
+
+        flag = "--resume-from-checkpoint" if args._resume_dir else "--init-from"
+        try:
+            return FusionRecConfig.from_pretrained(source)
+        except CHECKPOINT_ERRORS as error:
+            raise UsageError(f"{flag} {source}: cannot load its config.json ({checkpoint_problem(error)}); {CHECKPOINT_FIX}") from None
     overrides = {
         "hidden_size": args.hidden_size,
         "fusion_hidden_size": 2 * args.hidden_size,
@@ -226,7 +232,10 @@ def build_config(args, spec: dict):
         try:
             hidden = text_encoder_hidden_size(args.text_encoder, revision=args.text_encoder_revision)
         except (OSError, ValueError) as error:
-            raise UsageError(f"--text-encoder {args.text_encoder!r}: cannot load its config ({first_line(error)})") from None
+            from fusionrec.data.text_cache import encoder_problem
+
+            problem = encoder_problem(args.text_encoder, error)
+            raise UsageError(f"--text-encoder {args.text_encoder!r}: cannot load its config ({problem})") from None
         overrides.update(
             text_encoder_name_or_path=args.text_encoder,
             text_encoder_revision=args.text_encoder_revision,

@@ -381,8 +381,9 @@ def test_an_interrupted_export_resumes_and_gives_identical_output(tmp_path, sess
     with pytest.raises(KeyboardInterrupt):
         export.export(_export_args(model_dir, dataset_dir, resumed, "--as-of", early), session=session)
     stem = f"users_as_of_{early}"
-    assert sorted(p.name for p in (resumed / ".parts" / stem).glob("part-*")) == ["part-00000.parquet"]
-    assert not (resumed / f"{stem}.parquet").exists()
+    staging = tmp_path / ".resumed.partial"
+    assert sorted(p.name for p in (staging / ".parts" / stem).glob("part-*")) == ["part-00000.parquet"]
+    assert not resumed.exists()  # the output appears whole or not at all
 
     calls.clear()
     monkeypatch.setattr(export, "compute_user_chunk", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
@@ -390,7 +391,7 @@ def test_an_interrupted_export_resumes_and_gives_identical_output(tmp_path, sess
     assert calls and calls[0].start == 16  # the first chunk was not recomputed
     for name in ("movies.parquet", f"{stem}.parquet"):
         assert pq.read_table(resumed / name).equals(pq.read_table(fresh / name)), name
-    assert not (resumed / ".parts").exists()
+    assert not (resumed / ".parts").exists() and not staging.exists()
 
 
 def test_export_command_writes_csv_on_request(tmp_path, model_dir, dataset_dir, capsys):

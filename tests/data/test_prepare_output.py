@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 from local_hub import LocalHub
 from prepared_files import folder_bytes, write_dirty_kaggle
 
 import fusionrec.data.prepare as prepare_module
 from fusionrec.data.prepare import prepare
-from fusionrec.errors import PrepareError
+from fusionrec.errors import PrepareError, WriteError
 
 
 def test_failure_mid_write_leaves_nothing_half_written(tmp_path, monkeypatch):
@@ -23,14 +25,14 @@ def test_failure_mid_write_leaves_nothing_half_written(tmp_path, monkeypatch):
         calls.append(path)
         real_write_parquet(table, path)  # the movies file lands in the temp dir ...
         if len(calls) == 2:
-            raise OSError("disk full")  # ... then the run dies while writing sequences
+            raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk fills while writing sequences
 
     monkeypatch.setattr(prepare_module, "write_parquet", failing_write_parquet)
     (data / "ratings_small.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n1,20,3.0,101\n")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=f"cannot write {out}: No space left on device; free some disk space"):
         prepare("tmdb", out, data)
     assert folder_bytes(out) == before  # the old dataset is untouched
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match="No space left on device"):
         calls.clear()
         prepare("tmdb", tmp_path / "fresh", data)
     assert not (tmp_path / "fresh").exists()

@@ -121,8 +121,9 @@ def resolve_tmdb_files(data_dir: Path, ratings: str | None, links: str | None) -
             f"data directory {data_dir} does not exist; pass --data-dir with the Kaggle CSV files"
         )
     if ratings is None:
-        if (data_dir / "ratings_small.csv").is_file() and (data_dir / "links_small.csv").is_file():
-            ratings = "ratings_small.csv"
+        small = (data_dir / "ratings_small.csv").is_file()
+        if small and ((data_dir / "links_small.csv").is_file() or not (data_dir / "ratings.csv").is_file()):
+            ratings = "ratings_small.csv"  # without its links file: stops below, naming links_small.csv
         elif (data_dir / "ratings.csv").is_file():
             ratings = "ratings.csv"
         else:
@@ -187,7 +188,7 @@ def load_tmdb(
         for movie_id, row in link_rows.items():
             tmdb = parse_int_id(link_table["tmdbId"][row])
             if tmdb is None:
-                skipped["links/missing_tmdb_id"] += 1
+                skipped["links/missing_tmdb_id" if link_table["tmdbId"][row] is None else "links/bad_tmdb_id"] += 1
             else:
                 tmdb_of[movie_id] = tmdb
             imdb = format_imdb_id(link_table.get("imdbId", [None] * (row + 1))[row])
