@@ -278,16 +278,16 @@ def write_records(records: list[dict], path: Path) -> None:
 
 
 def plan(args, workdir: Path, data: BenchData, machine: dict) -> list:
-    """Every child job this invocation wants (FusionModel variants, then peers), longest first."""
+    """Every child job this invocation wants, longest first: peers, then the text models, then ids only."""
     jobs = []
-    for seed in args.seeds:
+    for model in (m for m in (*PEER_SETTINGS, *reversed(FUSION_VARIANTS)) if m in args.models):
         for split in args.splits:
-            if split in PEER_SPLITS:
-                jobs += [peer_job(m, split, seed, args, workdir, data, machine) for m in PEER_SETTINGS if m in args.models]
-            jobs += [fusion_job(m, split, seed, args, workdir, data.dataset) for m in reversed(FUSION_VARIANTS)
-                     if m in args.models]
-    order = {"peer": 0, "fusion_full": 1, "fusion_content": 1, "fusion_ids": 2}
-    return sorted(jobs, key=lambda job: order["peer" if job.model in PEER_SETTINGS else job.model])
+            for seed in args.seeds:
+                if model not in PEER_SETTINGS:
+                    jobs.append(fusion_job(model, split, seed, args, workdir, data.dataset))
+                elif split in PEER_SPLITS:
+                    jobs.append(peer_job(model, split, seed, args, workdir, data, machine))
+    return jobs
 
 
 def reused_records(paths: list[Path]) -> dict:
