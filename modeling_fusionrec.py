@@ -121,10 +121,11 @@ def text_encoder_hidden_size(name_or_path: str, *, revision: str | None = None) 
 
 def load_text_encoder(name_or_path: str, *, revision: str | None = None) -> tuple[nn.Module, object]:
     """The frozen text encoder and its tokenizer: the encoder half of encoder-decoder models (T5), the model itself
-    otherwise. Eval mode, no gradients."""
+    otherwise. Eval mode, no gradients, float32 whatever precision it was saved in (a half-precision copy would run
+    slowly, or not at all, on a CPU)."""
     name_or_path = resolve_text_encoder(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
-    model = AutoModel.from_pretrained(name_or_path, revision=revision)
+    model = AutoModel.from_pretrained(name_or_path, revision=revision, dtype=torch.float32)
     encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
     return encoder.eval().requires_grad_(False), tokenizer
 

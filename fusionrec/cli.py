@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 
 from fusionrec.data.catalog import MovieCatalog, load_catalog
 from fusionrec.data.loading import load_feature_spec, load_tables
-from fusionrec.data.sequences import UserSequence, read_sequences
+from fusionrec.data.sequences import SequenceRows, UserSequence, read_sequences
 from fusionrec.errors import CommandError, InputError, first_line, one_line
 from fusionrec.growth import grow_model
 from fusionrec.retrieval import catalog_vectors
@@ -148,7 +148,7 @@ class Session:
     spec: dict
     catalog: MovieCatalog
     movies: object  # pandas DataFrame: movie_index, movie_id, tmdb_id, imdb_id, title, year
-    rows: list[dict] = field(repr=False)
+    rows: SequenceRows = field(repr=False)
     user_ids: np.ndarray = field(repr=False)
     batch_size: int = 512
     show_progress: bool = False
@@ -204,15 +204,15 @@ def open_session(
         movies, sequences = load_tables(dataset_dir)
     id_columns = ["movie_index", "movie_id", "tmdb_id", "imdb_id", "title", "year"]
     table = movies.with_format(None).select_columns([c for c in id_columns if c in movies.column_names]).to_pandas()
-    user_ids = np.asarray(sequences.with_format("numpy")["user_id"], dtype=np.int64)
+    rows = read_sequences(sequences)
     return Session(
         model=loaded,
         dataset_dir=dataset_dir,
         spec=spec,
         catalog=catalog,
         movies=table,
-        rows=read_sequences(sequences),
-        user_ids=user_ids,
+        rows=rows,
+        user_ids=rows.scalars["user_id"],
         batch_size=batch_size,
         show_progress=show_progress,
     )

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fusionrec.cli import open_session, run_command
 from fusionrec.data.catalog import MovieCatalog
@@ -45,18 +46,20 @@ def rank_examples(
     search=None,
     return_user_vectors: bool = False,
     query_at_target: bool = False,
+    show_progress: bool = False,
 ):
     """Top-k movie indices per example (-1 pads; every movie rated before the target excluded, candidates
     restricted by the split) and the rating head's prediction of each target. The user vector is read as of the
     user's last known event (PROTOCOL.md); `query_at_target` reads it as of the target's own time instead, a variant
     that knows the gap to the event it predicts. `search` is an ExactSearch (default) or FaissSearch over
-    `movie_vectors`; `return_user_vectors` adds the user vectors."""
+    `movie_vectors`; `return_user_vectors` adds the user vectors. Batch by batch: histories and exclusions are cut
+    from the rows as needed, and only (examples, k) indices are kept, never an examples x movies matrix."""
     model.eval()
     if search is None:
         search = ExactSearch(movie_vectors, examples.candidate_mask)
-    exclusions = examples.exclusions()
     ranked, predicted, users_out = [], [], []
-    for start in range(0, len(examples), batch_size):
+    starts = range(0, len(examples), batch_size)
+    for start in tqdm(starts, desc="ranking", unit="batch", disable=not show_progress, mininterval=5):
         part = slice(start, start + batch_size)
         users = user_vectors(
             model,
@@ -65,7 +68,7 @@ def rank_examples(
             as_of=examples.target_timestamps[part] if query_at_target else None,
             batch_size=batch_size,
         )
-        indices, _ = search.search(users, exclusions[part], k)
+        indices, _ = search.search(users, examples.exclusions(part), k)
         ranked.append(indices)
         targets = torch.from_numpy(examples.targets[part]).to(movie_vectors.device)
         predicted.append(model.predict_rating(users, movie_vectors[targets]).float().cpu().numpy())
@@ -209,6 +212,7 @@ def evaluate_splits(
     batch_size: int = 256,
     metrics_backend: str = "numpy",
     recall_sample: int = 2000,
+    show_progress: bool = False,
 ) -> dict:
     """Every requested split of a dataset's sequences (`rows`, its `cold_item` flags) evaluated on one set of movie
     vectors: a session's, or those a released model carries."""
@@ -220,9 +224,9 @@ def evaluate_splits(
         examples = evaluation_examples(rows, split, stage, cold_items)
         search = make_search(index, movie_vectors, examples.candidate_mask, faiss_factory=faiss_factory,
                              faiss_params=faiss_params)
-        ranked, predicted, users = rank_examples(
+        ranked, predicted, *users = rank_examples(
             model, examples, movie_vectors, k=max(k_values), batch_size=batch_size, search=search,
-            return_user_vectors=True,
+            return_user_vectors=index == "faiss", show_progress=show_progress,
         )
         metrics = compute_metrics(
             ranked, predicted, examples, num_movies=num_movies, k_values=k_values, backend=metrics_backend
@@ -230,7 +234,7 @@ def evaluate_splits(
         metrics["num_examples"] = len(examples)
         metrics["num_candidates"] = num_movies if examples.candidate_mask is None else int(examples.candidate_mask.sum())
         if index == "faiss":
-            metrics.update(faiss_recall(examples, ranked, users, movie_vectors, k_values, batch_size=batch_size,
+            metrics.update(faiss_recall(examples, ranked, users[0], movie_vectors, k_values, batch_size=batch_size,
                                         recall_sample=recall_sample))
         metrics["seconds"] = round(time.perf_counter() - started, 3)
         results[split] = metrics
@@ -244,11 +248,11 @@ def faiss_recall(examples, ranked, users, movie_vectors, k_values, *, batch_size
     if count > recall_sample:
         rows = np.sort(np.random.default_rng(0).choice(count, recall_sample, replace=False))
     exact = ExactSearch(movie_vectors, examples.candidate_mask)
-    exclusions = examples.exclusions()
     reference = [
-        exact.search(users[torch.from_numpy(rows[s : s + batch_size])], [exclusions[i] for i in rows[s : s + batch_size]], max(k_values))[0]
+        exact.search(users[torch.from_numpy(rows[s : s + batch_size])],
+                     [examples.exclusions(slice(i, i + 1))[0] for i in rows[s : s + batch_size]], max(k_values))[0]
         for s in range(0, len(rows), batch_size)
-    ]
+    ]  # fmt: skip
     reference = np.concatenate(reference) if reference else np.zeros((0, max(k_values)), np.int64)
     result = recall_vs_exact(ranked[rows], reference, k_values)
     result["faiss_recall_examples"] = len(rows)
@@ -302,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             session.model, session.rows, cold_items=session.catalog.cold_item.numpy(),
             movie_vectors=session.movie_vectors(), splits=args.split, stage=args.stage, k_values=args.k, index=args.index,
             faiss_factory=args.faiss_factory, faiss_params=args.faiss_params, batch_size=args.batch_size,
-            metrics_backend=args.metrics_backend, recall_sample=args.recall_sample,
+            metrics_backend=args.metrics_backend, recall_sample=args.recall_sample, show_progress=not args.no_progress,
         )
         report = {
             "model": str(args.model),

@@ -5,7 +5,7 @@
 
 Writes into OUT:
   movies.parquet                 movie_index, movie_id, tmdb_id, imdb_id, title, year, cold_item, vector
-  users.parquet                  (no --as-of) each user as of their last rating
+  users.parquet                  (no --as-of, or --as-of last) each user as of their last rating
   users_as_of_YYYY-MM-DD.parquet (one per --as-of date) each user as of the end of that day (UTC)
   manifest.json                  model, dataset, hidden size, files, dates
 User files hold user_index, user_id, as_of (the date, or "last"), as_of_timestamp (the query time, unix seconds),
@@ -171,7 +171,7 @@ def staging_folder(output: Path) -> Path:
 
 def export(args, *, session=None) -> dict:
     output = Path(args.output)
-    dates = [(text, parse_date(text)) for text in (args.as_of or [])]
+    dates = [None if text == "last" else parse_date(text) for text in dict.fromkeys(args.as_of or ["last"])]
     if args.chunk_size <= 0 or args.batch_size <= 0:
         raise CommandError("--chunk-size and --batch-size must be positive integers.")
     check_output(output)
@@ -190,12 +190,12 @@ def export(args, *, session=None) -> dict:
     return manifest
 
 
-def write_export(args, session, folder: Path, dates: list[tuple[str, int]]) -> dict:
+def write_export(args, session, folder: Path, dates: list[int | None]) -> dict:
     """Every file of the export into `folder` (the staging folder); finished user parts are kept between runs."""
     movie_vectors = session.movie_vectors()
     formats = list(dict.fromkeys(args.format))
     files = [write_table(movies_table(session, movie_vectors), folder / f"movies.{fmt}", fmt) for fmt in formats]
-    targets = [("users", None)] if not dates else [(f"users_as_of_{format_time(t)}", t) for _, t in dates]
+    targets = [("users" if t is None else f"users_as_of_{format_time(t)}", t) for t in dates]
     for stem, as_of in targets:
         key = fingerprint(session, str(args.model), as_of, args.chunk_size)
         files += export_users(
@@ -210,7 +210,7 @@ def write_export(args, session, folder: Path, dates: list[tuple[str, int]]) -> d
         "dtype": "float16",
         "num_movies": len(session.catalog),
         "num_users": len(session.rows),
-        "as_of": [format_time(t) for _, t in dates] or ["last rating"],
+        "as_of": ["last rating" if t is None else format_time(t) for t in dates],
         "files": sorted(path.name for path in files),
     }
     atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
@@ -225,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="folder written by save_pretrained, or a Hub id")
     parser.add_argument("--dataset", required=True, help="prepared dataset folder the model was trained on")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--as-of", nargs="+", help="YYYY-MM-DD dates; users as of the end of each (UTC)")
+    parser.add_argument(
+        "--as-of", nargs="+", metavar="DATE", help="YYYY-MM-DD dates, users as of the end of each (UTC); 'last': as of "
+        "each user's last rating (the default)",
+    )
     parser.add_argument("--format", nargs="+", choices=("parquet", "csv"), default=["parquet"])
     parser.add_argument("--chunk-size", type=int, default=50_000, help="users per resumable part file")
     parser.add_argument("--batch-size", type=int, default=512)

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from fusionrec.data.loading import check_compatible, load_feature_spec, load_tables
@@ -15,24 +17,16 @@ from fusionrec.data.text_cache import build_text_cache, default_cache_root
 from fusionrec.errors import DatasetError
 
 
-class _Columns:
-    """Column access that returns materialised numpy values (datasets 5's `table[name]` is a lazy `Column`)."""
-
-    def __init__(self, table) -> None:
-        self.table = table
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def __getitem__(self, name: str):
-        return self.table[name][:]
-
-
-def _plain_id(value, *, as_text: bool):
-    """A nullable id column's value as int / str / None (datasets' numpy format gives NaN or None for nulls)."""
-    if value is None or (isinstance(value, float | np.floating) and np.isnan(value)):
-        return None
-    return str(value) if as_text else int(value)
+def padded_bags(column, max_length: int) -> np.ndarray:
+    """A list<int> column -> (rows, max_length) int64, each bag's first max_length entries, right-padded with 0."""
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    padded = np.zeros((len(lengths), max_length), dtype=np.int64)
+    kept = position < max_length
+    padded[row[kept], position[kept]] = values[kept]
+    return padded
 
 
 @dataclass
@@ -76,42 +70,33 @@ class MovieCatalog:
 
     @classmethod
     def from_table(cls, movies, spec: dict) -> MovieCatalog:
-        # datasets 5 returns a lazy `Column` for table["name"]; `[:]` materialises it (a no-op for arrays/lists).
-        movies = _Columns(movies)
-        count = len(movies)
-        if count != spec["num_movies"] or not np.array_equal(movies["movie_index"], np.arange(count)):
+        """From the movies table (a datasets Dataset, as `load_tables` returns it, or a pyarrow Table), column-wise."""
+        table = movies if isinstance(movies, pa.Table) else movies.with_format("arrow")[:]
+        count = table.num_rows
+        if count != spec["num_movies"] or not np.array_equal(table["movie_index"].to_numpy(), np.arange(count)):
             raise DatasetError("movies table: movie_index must be 0..num_movies-1 in row order; re-run prepare_dataset.py.")
-        numeric_names = spec["numeric_features"]["names"]
-        numeric = np.stack(movies["numeric"]).astype(np.float32) if numeric_names else np.zeros((count, 0), np.float32)
-        multi_valued = {}
-        for name, feature in spec["multi_valued_features"].items():
-            bags = movies[f"bag_{name}"]
-            padded = np.zeros((count, feature["max_length"]), dtype=np.int64)
-            lengths = np.array([min(len(bag), feature["max_length"]) for bag in bags])
-            flat = np.concatenate([bag[: feature["max_length"]] for bag in bags]) if lengths.sum() else np.zeros(0)
-            padded[np.arange(feature["max_length"]) < lengths[:, None]] = flat
-            multi_valued[name] = torch.from_numpy(padded)
-        years = movies["year"]
-        columns = set(movies.table.column_names)
-        ids = {
-            name: [_plain_id(value, as_text=name == "imdb_id") for value in movies[name]] if name in columns else None
-            for name in ("movie_id", "tmdb_id", "imdb_id")
+        width = len(spec["numeric_features"]["names"])
+        numeric = pc.list_flatten(table["numeric"]).to_numpy(zero_copy_only=False).astype(np.float32).reshape(count, width)
+        multi_valued = {
+            name: torch.from_numpy(padded_bags(table[f"bag_{name}"], feature["max_length"]))
+            for name, feature in spec["multi_valued_features"].items()
         }
         return cls(
             numeric=torch.from_numpy(numeric),
             categorical={
-                name: torch.from_numpy(movies[f"cat_{name}"].astype(np.int64)) for name in spec["categorical_features"]
+                name: torch.from_numpy(table[f"cat_{name}"].to_numpy().astype(np.int64)) for name in spec["categorical_features"]
             },
             multi_valued=multi_valued,
-            texts=[str(text) for text in movies["text"]],
-            titles=[str(title) for title in movies["title"]],
-            years=[None if year is None or not np.isfinite(float(year)) else int(year) for year in years],
-            cold_item=torch.from_numpy(np.asarray(movies["cold_item"], dtype=bool)),
-            num_ratings=torch.from_numpy(np.asarray(movies["num_ratings"], dtype=np.int64)),
-            movie_ids=ids["movie_id"],
-            tmdb_ids=ids["tmdb_id"],
-            imdb_ids=ids["imdb_id"],
-            genres=[[str(g) for g in genres] for genres in movies["genres"]] if "genres" in columns else None,
+            texts=table["text"].to_pylist(),
+            titles=table["title"].to_pylist(),
+            years=table["year"].to_pylist(),
+            cold_item=torch.from_numpy(table["cold_item"].to_numpy(zero_copy_only=False).astype(bool)),
+            num_ratings=torch.from_numpy(table["num_ratings"].to_numpy().astype(np.int64)),
+            **{
+                field: table[column].to_pylist() if column in table.column_names else None
+                for field, column in (("movie_ids", "movie_id"), ("tmdb_ids", "tmdb_id"), ("imdb_ids", "imdb_id"),
+                                      ("genres", "genres"))
+            },  # fmt: skip
         )
 
     def attach_text_cache(self, states: torch.Tensor, lengths: torch.Tensor) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fusionrec.data.catalog import MovieCatalog
-from fusionrec.data.sequences import UserSequence, pad_histories
+from fusionrec.data.sequences import Sequences, UserSequence, pad_histories
 
 
 class TrainingCollator:
@@ -66,8 +66,6 @@ class TrainingCollator:
         return batch
 
 
-def movie_frequency(sequences: list[UserSequence], num_movies: int) -> np.ndarray:
-    counts = np.zeros(num_movies, dtype=np.int64)
-    if sequences:
-        np.add.at(counts, np.concatenate([s.movies for s in sequences]), 1)
-    return counts
+def movie_frequency(sequences, num_movies: int) -> np.ndarray:
+    """Training steps per movie of (non-overlapping) sequences: a list of UserSequence or a Sequences."""
+    return np.bincount(Sequences.from_list(sequences).all_movies(), minlength=num_movies).astype(np.int64)

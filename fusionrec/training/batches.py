@@ -13,10 +13,11 @@ from fusionrec.data.catalog import load_catalog
 from fusionrec.data.collator import movie_frequency
 from fusionrec.data.loading import load_tables
 from fusionrec.data.sequences import (
+    Sequences,
     evaluation_examples,
     read_sequences,
     subset_examples,
-    train_sequence,
+    training_part,
     training_windows,
 )
 
@@ -47,7 +48,7 @@ class EpochBatchSampler:
 
 
 class KeyedWindows(torch.utils.data.Dataset):
-    def __init__(self, windows: list) -> None:
+    def __init__(self, windows: Sequences) -> None:
         self.windows = windows
 
     def __len__(self) -> int:
@@ -77,7 +78,7 @@ class KeyedCollator:
 class TrainingData:
     catalog: object
     spec: dict
-    windows: list
+    windows: Sequences
     validation: object
     negative_pool: np.ndarray
     frequency: np.ndarray
@@ -96,8 +97,7 @@ def load_training_data(args, config, accelerator) -> TrainingData:
         _, sequences = load_tables(args.dataset)
     rows = read_sequences(sequences)
     cold = catalog.cold_item.numpy()
-    train = [train_sequence(row, args.split, cold) for row in rows]
-    train = [sequence for sequence in train if len(sequence.movies)]
+    train = training_part(rows, args.split, cold).nonempty()
     windows = training_windows(train, window=config.max_history_length)
     validation = evaluation_examples(rows, args.split, "validation", cold)
     if args.max_eval_users is not None and len(validation) > args.max_eval_users:
@@ -111,5 +111,5 @@ def load_training_data(args, config, accelerator) -> TrainingData:
         validation=validation,
         negative_pool=pool,
         frequency=frequency,
-        num_train_targets=int(sum(len(w.movies) - w.context for w in windows)),
+        num_train_targets=windows.num_targets(),
     )

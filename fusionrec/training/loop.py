@@ -130,6 +130,7 @@ def use_cpu(args) -> bool:
 
 def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     """Run one training job; returns a summary dict (also written to OUTPUT_DIR/train_summary.json)."""
+    entered = time.perf_counter()
     # Bad input stops here, before any process group or tracker starts.
     spec = load_feature_spec(args.dataset)
     args._resume_dir = resolve_resume(args)
@@ -259,6 +260,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     train_seconds = 0.0
     cpu_started, cpu_before = time.process_time(), state.cpu_seconds
     stopped_early = False
+    first_step = None
 
     def cpu_seconds() -> float:
         return cpu_before + time.process_time() - cpu_started
@@ -326,6 +328,8 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
                 continue
             state.global_step += 1
             progress.update(1)
+            if first_step is None:  # start-up cost: data, text cache and model loading up to one finished step
+                first_step = {"seconds_to_first_step": time.perf_counter() - entered, "first_step_unix_time": time.time()}
             if hub is not None:
                 hub.poll()
             at_end = state.global_step >= stop_at
@@ -377,7 +381,15 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         "cpu_seconds": cpu_seconds(),
         "wall_seconds": time.perf_counter() - started,
         "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "batch_size": args.batch_size,
         "steps_per_epoch": steps_per_epoch,
+        "num_windows": len(data.windows),
+        "num_train_targets": data.num_train_targets,
+        **(first_step or {}),
+        **({"peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(accelerator.device)}
+           if accelerator.device.type == "cuda" else {}),  # fmt: skip
         "output_dir": str(output_dir),
         "history": state.history,
     }

@@ -318,7 +318,7 @@ def _dates(session) -> tuple[str, str]:
 def test_export_writes_float16_vectors_as_of_each_date(tmp_path, session, model_dir, dataset_dir):
     early, late = _dates(session)
     output = tmp_path / "export"
-    export.export(_export_args(model_dir, dataset_dir, output, "--as-of", early, late), session=session)
+    export.export(_export_args(model_dir, dataset_dir, output, "--as-of", "last", early, late), session=session)
     movies = pq.read_table(output / "movies.parquet")
     assert movies.num_rows == len(session.catalog)
     assert movies.schema.field("vector").type == pa.list_(pa.float16(), 32)
@@ -360,7 +360,11 @@ def test_export_writes_float16_vectors_as_of_each_date(tmp_path, session, model_
             assert not np.array_equal(early_vectors[row], late_vectors[row])
     assert changed > 0
     manifest = json.loads((output / "manifest.json").read_text())
-    assert manifest["as_of"] == [early, late] and manifest["dtype"] == "float16"
+    assert manifest["as_of"] == ["last rating", early, late] and manifest["dtype"] == "float16"
+    last = pq.read_table(output / "users.parquet")
+    assert set(last["as_of"].to_pylist()) == {"last"} and last["num_ratings"].to_pylist() == [
+        len(session.rows[row]["movie_index"]) for row in range(len(session.rows))
+    ]
 
 
 def test_an_interrupted_export_resumes_and_gives_identical_output(tmp_path, session, model_dir, dataset_dir, monkeypatch):

@@ -88,6 +88,8 @@ def test_training_windows_make_every_step_a_target_once_with_a_full_history_befo
     assert [w.context for w in windows] == [1, 1, 0]
     targets = np.concatenate([w.movies[w.context :] for w in windows])
     assert sorted(targets.tolist()) == list(range(10))
+    # 5 = window + 1 steps fit one window: no second window repeats step 0
+    assert [w.movies.tolist() for w in training_windows([UserSequence(1, np.arange(5), np.ones(5, np.float32), np.arange(5))], window=4)] == [[0, 1, 2, 3, 4]]
     batch = pad_histories(windows, max_length=5)
     assert batch["target_mask"].tolist() == [[False, True, True, True, True], [False, True, True, True, True],
                                              [True, True, False, False, False]]
@@ -147,3 +149,49 @@ def test_text_cache_encodes_each_text_once_and_is_reused(tmp_path):
 def test_missing_feature_spec_is_one_line(tmp_path):
     with pytest.raises(DatasetError, match="feature_spec.json: not found"):
         load_feature_spec(tmp_path)
+
+
+def reference_examples(row: dict, split: str, stage: str, cold: np.ndarray) -> list[tuple[list, int]]:
+    """(history movies, target) per example, one user at a time, straight from PROTOCOL.md."""
+    movies, n = row["movie_index"].tolist(), len(row["movie_index"])
+    warm = [p for p in range(n) if not cold[movies[p]]]
+    if split == "leave_one_out":
+        position = row["loo_valid_position" if stage == "validation" else "loo_test_position"]
+        return [(movies[:position], movies[position])] if position >= 0 else []
+    if split == "temporal":
+        start = row["temporal_valid_start" if stage == "validation" else "temporal_test_start"]
+        end = row["temporal_test_start"] if stage == "validation" else n
+        return [(movies[:start], movies[start])] if start < end else []
+    if stage == "validation":
+        return [([movies[p] for p in warm[:-2]], movies[warm[-2]])] if len(warm) >= 3 else []
+    return [([movies[q] for q in warm if q < p], movies[p]) for p in range(n) if cold[movies[p]]]
+
+
+def test_column_wise_splits_windows_and_examples_match_a_per_user_reference():
+    rng = np.random.default_rng(0)
+    cold = rng.random(30) < 0.25
+    rows = []
+    for _ in range(60):
+        n = int(rng.integers(0, 25))
+        valid_start, test_start = sorted(rng.integers(0, n + 1, size=2).tolist())
+        rows.append(row(rng.permutation(30)[:n], temporal_valid_start=valid_start, temporal_test_start=test_start))
+        rows[-1]["user_index"] = len(rows)
+    for split in ("leave_one_out", "temporal", "cold_items"):
+        for stage in ("validation", "test"):
+            examples = evaluation_examples(rows, split, stage, cold)
+            expected = [example for r in rows for example in reference_examples(r, split, stage, cold)]
+            assert [(h.movies.tolist(), int(t)) for h, t in zip(examples.histories, examples.targets, strict=True)] == expected
+        train = [train_sequence(r, split, cold) for r in rows]
+        reference = [[e[0] + [e[1]] for e in reference_examples(r, split, "validation", cold)] for r in rows]
+        for sequence, r, before_validation in zip(train, rows, reference, strict=True):
+            if split != "temporal" and before_validation:  # training stops before the validation target
+                assert sequence.movies.tolist() == before_validation[0][:-1]
+            assert sequence.user_index == r["user_index"]
+        windows = training_windows(train, window=4)
+        per_user = [w for s in train for w in training_windows([s], window=4)]
+        assert [(w.user_index, w.movies.tolist(), w.context) for w in windows] == [
+            (w.user_index, w.movies.tolist(), w.context) for w in per_user
+        ]
+        assert windows.num_targets() == sum(len(s.movies) for s in train)  # every step a target exactly once
+        targets = sorted((w.user_index, int(t)) for w in windows for t in w.timestamps[w.context :])
+        assert targets == sorted((s.user_index, int(t)) for s in train for t in s.timestamps)
