@@ -300,6 +300,26 @@ def test_init_from_grows_a_model_trained_before_the_update_and_trains_on_the_new
     assert result["finished"] and result["global_step"] == 4 and result["last_validation"]["ndcg@10"] >= 0
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_bf16_run_on_cuda_learns_and_its_model_scores_the_same_on_cpu(dataset, tmp_path):
+    output = tmp_path / "cuda"
+    assert run(["--dataset", dataset, "--output-dir", output, "--max-steps", 24, "--eval-steps", 24, "--logging-steps", 4,
+                "--mixed-precision", "bf16", "--no-text", *TINY]) == 0
+    result = summary(output)
+    losses = [entry["train/loss"] for entry in result["history"] if "train/loss" in entry]
+    assert result["finished"] and losses[-1] < losses[0] - 0.2, losses
+    from fusionrec.cli import open_session
+    from fusionrec.data.sequences import evaluation_examples
+    from fusionrec.evaluation import evaluate_split
+
+    session = open_session(output / "final", dataset)  # on CPU, in float32
+    examples = evaluation_examples(session.rows, "leave_one_out", "validation", session.catalog.cold_item.numpy())
+    metrics = evaluate_split(session.model, session.catalog, examples)
+    # validation reads vectors in float32 on both devices: only the kernels' rounding differs
+    assert metrics["ndcg@10"] == pytest.approx(result["last_validation"]["ndcg@10"], abs=0.01)
+
+
 def test_unknown_option_is_one_line_exit_2_from_the_command_line(tmp_path):
     result = subprocess.run(
         [PYTHON, str(REPO_ROOT / "train_accelerate.py"), "--dataset", str(tmp_path), "--output-dir", str(tmp_path),
