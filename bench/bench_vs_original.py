@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         del model, optimizer
 
         # ----- fusionrec -----
-        windows = training_windows(train, window=config.max_history_length)
+        windows = list(training_windows(train, window=config.max_history_length))
         random.Random(args.seed).shuffle(windows)
         collator = TrainingCollator(
             catalog,

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import quality_jobs as jobs  # noqa: E402
 import quality_report as report  # noqa: E402
 
-from fusionrec.data.sequences import EvaluationExamples, UserSequence  # noqa: E402
+from fusionrec.data.sequences import EvaluationExamples, evaluation_examples  # noqa: E402
 from fusionrec.metrics.fusionrec_metrics import ranking_metrics  # noqa: E402
 
 
@@ -64,11 +64,10 @@ def test_paired_bootstrap_interval_covers_the_ratio_and_shrinks_with_more_exampl
 
 def examples_of(pairs: list[tuple[int, int]]) -> EvaluationExamples:
     """Test examples with these (user_index, target) pairs; each history is one movie the user saw."""
-    histories = [UserSequence(user, np.array([50 + i]), np.array([4.0], np.float32), np.array([0]))
-                 for i, (user, _) in enumerate(pairs)]
-    return EvaluationExamples(histories=histories, targets=np.array([t for _, t in pairs], np.int64),
-                              target_ratings=np.full(len(pairs), 4.0, np.float32),
-                              target_timestamps=np.ones(len(pairs), np.int64))
+    rows = [{"user_index": user, "movie_index": np.array([50 + i, target]), "rating": np.array([4.0, 4.0]),
+             "timestamp": np.array([0, 1]), "loo_valid_position": 0, "loo_test_position": 1,
+             "temporal_valid_start": 2, "temporal_test_start": 2} for i, (user, target) in enumerate(pairs)]  # fmt: skip
+    return evaluation_examples(rows, "leave_one_out", "test", np.zeros(100, dtype=bool))
 
 
 def peer_output(pairs, tops, ranks) -> dict:
