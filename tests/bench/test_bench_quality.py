@@ -183,6 +183,8 @@ def test_head_tail_table_and_t4_pick_the_best_peer_per_slice():
     assert "head Recall@100: fusion_full 1.0000 vs fusion_ids 1.0000 -> x1.00" in lines[3]
     records[0]["test_target_ranks"] = [5, 50, 1, -1]  # head: now below both
     assert report.target_t4(records, report.Context(splits=("leave_one_out",), tail=tail))[0].endswith("FAIL")
+    without_peers = [r for r in records if not r["model"].startswith("rectools")]
+    assert report.target_t4(without_peers, report.Context(splits=("leave_one_out",), tail=tail))[0].endswith("not run")
     table = report.head_tail_table(records, tail)
     assert "tail share 50.0%" in table and "rectools_bert4rec" in table
 
