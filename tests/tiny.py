@@ -1,7 +1,9 @@
-"""Builders for tiny models, tokenizers, batches and training runs shared by the tests, and a free local port."""
+"""Builders for tiny models, tokenizers, batches and training runs shared by the tests, a free local port, and the
+environment of a script they run."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -17,6 +19,16 @@ CORPUS = [
     "Heat (1995). Genres: Crime, Drama. A detective hunts a master thief across Los Angeles.",
     "GoldenEye (1995). Genres: Action, Thriller. A spy stops a rogue agent with a satellite weapon.",
 ] * 4
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def offline_env() -> dict:
+    """The environment of a script run in a subprocess: offline, importing this checkout's code."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    return env
 
 
 def train_tokenizer(directory: Path) -> Path:
@@ -40,6 +52,19 @@ def save_tiny_t5(directory: Path) -> Path:
     torch.manual_seed(0)
     T5Model(config).save_pretrained(directory)
     return directory
+
+
+def save_tiny_model(folder: Path, dataset: Path, **overrides) -> Path:
+    """An untrained 32-wide model of a prepared dataset (no text unless asked), saved with save_pretrained."""
+    from modeling_fusionrec import FusionModel
+
+    config = FusionRecConfig.from_feature_spec(
+        dataset, hidden_size=32, fusion_hidden_size=32, user_num_layers=1, user_num_heads=2, max_history_length=8,
+        **{"use_text": False, **overrides},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    FusionModel(config).save_pretrained(folder)
+    return folder
 
 
 def tiny_config(**overrides) -> FusionRecConfig:

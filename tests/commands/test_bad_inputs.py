@@ -33,14 +33,12 @@ from functools import cached_property
 from pathlib import Path
 
 import pytest
-import torch
+from tiny import offline_env
 
-from configuration_fusionrec import FusionRecConfig
 from fusionrec import evaluation, export, recommend
 from fusionrec.data import prepare as prepare_module
 from fusionrec.data.sources.synthetic import generate_synthetic
 from fusionrec.training import loop
-from modeling_fusionrec import FusionModel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAINS = {"prepare": prepare_module.main, "train": loop.main, "evaluate": evaluation.main,
@@ -81,22 +79,6 @@ class Base:
     timestamp: int
 
 
-def tiny_model(folder: Path, dataset: Path, **overrides) -> Path:
-    config = FusionRecConfig.from_feature_spec(
-        dataset, hidden_size=32, fusion_hidden_size=32, user_num_layers=1, user_num_heads=2, max_history_length=8,
-        **{"use_text": False, **overrides},
-    )  # fmt: skip
-    torch.manual_seed(0)
-    FusionModel(config).save_pretrained(folder)
-    return folder
-
-
-def offline_env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    return env
-
-
 def run_script(command: str, argv: list[str], *, file_size_limit: int | None = None):
     """The real script in a subprocess; with `file_size_limit` the kernel refuses writes past that many bytes."""
     def limit_file_size() -> None:
@@ -110,7 +92,7 @@ def run_script(command: str, argv: list[str], *, file_size_limit: int | None = N
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Base:
-    from tiny import save_tiny_t5
+    from tiny import save_tiny_model, save_tiny_t5
 
     from fusionrec.data.prepare import prepare
 
@@ -124,7 +106,7 @@ def base(tmp_path_factory) -> Base:
     done = run_script("train", DEFAULT_ARGS["train"].format(dataset=root / "dataset", run=root / "run").split())
     assert done.returncode == 0, done.stderr[-3000:]
     assert (root / "run" / "checkpoints" / "step_2").is_dir() and (root / "run" / "best").is_dir()
-    model = tiny_model(root / "model", root / "dataset")
+    model = save_tiny_model(root / "model", root / "dataset")
     exported = root / "export"
     assert export.main(["--model", str(model), "--dataset", str(root / "dataset"), "--output", str(exported),
                         "--chunk-size", "8", "--no-progress"]) == 0  # fmt: skip
@@ -139,8 +121,8 @@ def base(tmp_path_factory) -> Base:
     tmdb = int(tmdb_of[first["movieId"]])
     return Base(
         raw=root / "raw", dataset=root / "dataset", other=root / "other", model=model,
-        other_model=tiny_model(root / "other_model", root / "other"),
-        text_model=tiny_model(root / "text_model", root / "dataset", **text), encoder=encoder, run=root / "run",
+        other_model=save_tiny_model(root / "other_model", root / "other"),
+        text_model=save_tiny_model(root / "text_model", root / "dataset", **text), encoder=encoder, run=root / "run",
         export=exported, user=int(first["userId"]), movie=int(first["movieId"]), tmdb=tmdb,
         timestamp=int(first["timestamp"]),
     )  # fmt: skip

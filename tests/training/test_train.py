@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import torch
 from local_hub import LocalHub
 from safetensors.torch import load_file
-from tiny import free_port, reset_accelerate_state, save_tiny_t5, train
+from tiny import free_port, offline_env, reset_accelerate_state, save_tiny_t5, train
 
 from fusionrec.training.options import build_config, build_parser, parse_args
 
@@ -30,12 +29,6 @@ TINY = [
     "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--max-history-length", "20",
     "--batch-size", "8", "--num-negatives", "32", "--report-to", "none", "--no-progress",
 ]
-
-
-def offline_env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    return env
 
 
 def two_process_launch(*argv) -> list[str]:
