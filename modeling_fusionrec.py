@@ -419,6 +419,7 @@ class FusionModel(FusionPreTrainedModel):
         )
         self._text_encoder: tuple[nn.Module, object] | None = None
         self._movie_catalog: FusionCatalog | None = None
+        self._catalog_source: dict = {}  # from_pretrained's revision, cache, token: where the catalog is read from
         self.post_init()
 
     @property
@@ -673,12 +674,11 @@ class FusionModel(FusionPreTrainedModel):
         if self._movie_catalog is None:
             if not self.name_or_path:
                 raise ValueError("this model has no movie catalog: load a saved folder or give one to set_movie_catalog.")
-            self.set_movie_catalog(
-                FusionCatalog.load(self.name_or_path, **getattr(self, "_catalog_source", {}))
-            )
+            self.set_movie_catalog(FusionCatalog.load(self.name_or_path, **self._catalog_source))
         return self._movie_catalog
 
     def set_movie_catalog(self, catalog: FusionCatalog) -> None:
+        """Recommend from `catalog` (e.g. one built from a prepared dataset) instead of the saved one."""
         expected = (self.config.num_movies, self.config.hidden_size)
         if catalog.vectors is None or tuple(catalog.vectors.shape) != expected:
             got = None if catalog.vectors is None else tuple(catalog.vectors.shape)

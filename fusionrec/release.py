@@ -3,7 +3,8 @@
     python release.py --model OUTPUT/best --dataset DATA --repo you/fusionrec-tmdb [--private] \\
         [--dataset-repo you/tmdb-sequences] [--dry-run] [--output-dir FOLDER] [--text-encoder-id HUB_ID]
 
-1. evaluates the checkpoint on the test events of every split (fusionrec/evaluation.py, full ranking);
+1. evaluates the checkpoint on the test events of the split it was trained for (fusionrec/evaluation.py, full
+   ranking): the other splits' test events are training events for it, so their numbers would be leaked;
 2. builds the release folder: the weights with the current remote code, the movie catalog with its trained vectors
    (so the repo recommends on its own), and a model card with Hub metadata, the test metrics as `model-index`,
    usage, training command and limits; no file may name a local path of this machine;
@@ -70,12 +71,17 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog=PROGRAM,
         allow_abbrev=False,
-        description="Evaluate a trained fusionrec model on the test splits, build a self-contained release folder "
+        description="Evaluate a trained fusionrec model on its split's test events, build a self-contained release folder "
         "(weights, remote code, movie catalog, model card), verify it in a fresh process, and upload it.",
     )
     parser.add_argument("--model", required=True, help="the save_pretrained folder to release, e.g. OUTPUT/best")
     parser.add_argument("--dataset", required=True, help="the prepared dataset folder it was trained on")
     parser.add_argument("--repo", required=True, help="Hub model repo id, e.g. you/fusionrec-tmdb")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        help="the split the model was trained for (default: the one its training_metrics.json records)",
+    )
     parser.add_argument("--private", action="store_true", help="create the Hub repos private")
     parser.add_argument("--dataset-repo", help="also upload the prepared dataset with its card to this dataset repo")
     parser.add_argument("--dry-run", action="store_true", help="build and verify the folder; upload nothing")
@@ -112,9 +118,16 @@ def check_inputs(args) -> tuple[Path, Path, Path]:
     output = Path(args.output_dir) if args.output_dir else model.resolve().parent / "release"
     if output.resolve() in (model.resolve(), *model.resolve().parents) or model.resolve() in output.resolve().parents:
         raise CommandError(f"--output-dir {output}: must not hold or be inside --model {model}; choose another folder.")
-    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / "catalog.json").is_file())):
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not is_release(output))):
         raise CommandError(f"--output-dir {output}: exists and is not a release folder; choose another or remove it.")
     return model, dataset, output
+
+
+def is_release(folder: Path) -> bool:
+    """A folder this command wrote (its card has test metrics), which a new release may replace; a training
+    checkpoint (best/, final/) has none."""
+    card = folder / "README.md"
+    return card.is_file() and "\nmodel-index:\n" in card.read_text(encoding="utf-8").split("\n---\n", 1)[0]
 
 
 def load_source_model(folder: Path, *, device: str):
@@ -174,6 +187,21 @@ def read_training_record(folder: Path) -> dict:
     """training_metrics.json of a training checkpoint (settings, command, step), or {} if it has none."""
     path = folder / "training_metrics.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def trained_split(asked: str | None, training: dict) -> str:
+    """The split whose test events measure this checkpoint: the one it was trained for. Another split's test events
+    are training events for it (e.g. most temporal test ratings are leave_one_out training ratings), so its numbers
+    there would be leaked."""
+    recorded = training.get("settings", {}).get("split")
+    if recorded is None and asked is None:
+        raise CommandError("--model has no training_metrics.json naming its split; give the split it was trained for with --split.")
+    if recorded is not None and asked not in (None, recorded):
+        raise CommandError(
+            f"--split {asked}: the checkpoint was trained for {recorded}, so the {asked} test events were training "
+            f"events for it and its metrics there would be leaked; release it with --split {recorded}."
+        )
+    return asked or recorded
 
 
 def eval_results(metrics: dict, *, dataset_type: str, dataset_name: str) -> list:
@@ -260,9 +288,11 @@ def release_card(
     dataset_link = (
         f" Dataset repo: [{dataset_repo}](https://huggingface.co/datasets/{dataset_repo})." if dataset_repo else ""
     )
+    split_names = ", ".join(f"`{split}`" for split in metrics)
     command = training.get("command", "(the training command was not recorded with this checkpoint)")
     step = f"The {training['kind']} checkpoint of its run (step {training['step']})" if training.get("kind") else "The checkpoint"
-    example_json = json.dumps([{**row, "score": round(row["score"], 4)} for row in example], indent=1, ensure_ascii=False)
+    rows = [json.dumps({**row, "score": round(row["score"], 4)}, ensure_ascii=False) for row in example]
+    example_json = "[\n " + ",\n ".join(rows) + "\n]"
     return f"""---
 {data.to_yaml()}
 ---
@@ -321,8 +351,9 @@ fusionrec-recommend --model {repo} --history "Heat (1995)=5, tmdb:862=4" --k 10
 
 ## Test metrics
 
-{step}, evaluated by fusionrec's evaluation code on the **test** events of each split of `{dataset_name}` (not the
-validation numbers that chose the checkpoint):
+{step}, evaluated by fusionrec's evaluation code on the **test** events of `{dataset_name}` under the split it was
+trained for, {split_names} (not the validation numbers that chose the checkpoint). The other splits need a model
+trained for them: their test events are training events for this one.
 
 {metrics_table(metrics)}
 
@@ -386,7 +417,7 @@ def reload_main(argv: Sequence[str]) -> int:
     pipeline), evaluate the test splits with the catalog's vectors, answer the example history; one JSON line."""
     import transformers
 
-    folder, dataset, history = argv[0], argv[1], json.loads(argv[2])
+    folder, dataset, history, splits = argv[0], argv[1], json.loads(argv[2]), json.loads(argv[3])
     with quiet_libraries():
         model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)
         recommender = transformers.pipeline("movie-recommendation", model=folder, trust_remote_code=True, device="cpu")
@@ -394,7 +425,7 @@ def reload_main(argv: Sequence[str]) -> int:
     catalog = model.movie_catalog()
     metrics = evaluate_splits(
         model, read_sequences(sequences), cold_items=np.asarray(movies["cold_item"], dtype=bool),
-        movie_vectors=catalog.vectors, splits=SPLITS, k_values=K_VALUES,
+        movie_vectors=catalog.vectors, splits=splits, k_values=K_VALUES,
     )
     report = {
         "metrics": metrics,
@@ -406,11 +437,11 @@ def reload_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def reload_in_fresh_process(folder: Path, dataset: Path, history: list) -> dict:
+def reload_in_fresh_process(folder: Path, dataset: Path, history: list, splits: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")]))
     code = "import sys; from fusionrec.release import reload_main; sys.exit(reload_main(sys.argv[1:]))"
     done = subprocess.run(
-        [sys.executable, "-c", code, str(folder.resolve()), str(dataset.resolve()), json.dumps(history)],
+        [sys.executable, "-c", code, str(folder.resolve()), str(dataset.resolve()), json.dumps(history), json.dumps(splits)],
         capture_output=True, text=True, env=env, cwd=folder.resolve().parent,
     )
     if done.returncode != 0:
@@ -453,13 +484,15 @@ def check_reload(folder: Path, report: dict, *, example: list[dict]) -> None:
 
 def release(args, *, hub_api=None, say=print) -> int:
     model_dir, dataset_dir, output = check_inputs(args)
+    training = read_training_record(model_dir)
+    split = trained_split(args.split, training)
     model = load_source_model(model_dir, device=args.device)
     check_text_encoder(model.config, args.text_encoder_id)
     session = open_session(model, dataset_dir, device=args.device, cache_dir=args.cache_dir)
-    say(f"evaluating {model_dir} on the test events of {', '.join(SPLITS)} ({len(session.catalog):,} movies)")
+    say(f"evaluating {model_dir} on the {split} test events ({len(session.catalog):,} movies)")
     vectors = session.movie_vectors()
     metrics = evaluate_splits(
-        model, session.rows, cold_items=session.catalog.cold_item.numpy(), movie_vectors=vectors, splits=SPLITS,
+        model, session.rows, cold_items=session.catalog.cold_item.numpy(), movie_vectors=vectors, splits=[split],
         k_values=K_VALUES,
     )
     say(format_table(metrics, K_VALUES))
@@ -475,7 +508,7 @@ def release(args, *, hub_api=None, say=print) -> int:
     card = release_card(
         repo=args.repo, dataset_repo=args.dataset_repo, spec=session.spec, dataset_name=dataset_dir.resolve().name,
         config=model.config, metrics=metrics, num_parameters=sum(p.numel() for p in model.parameters()),
-        catalog=catalog, example_history=history, example=example, training=read_training_record(model_dir),
+        catalog=catalog, example_history=history, example=example, training=training,
     )
     build_release(model, output=output, source=model_dir, card=card)
     leaks = local_paths(output, also=[model_dir.resolve(), dataset_dir.resolve(), output.resolve()])
@@ -484,7 +517,7 @@ def release(args, *, hub_api=None, say=print) -> int:
     say(f"built {output}:")
     for path in sorted(output.iterdir()):
         say(f"  {path.name:<32} {path.stat().st_size:>12,} bytes")
-    check_reload(output, reload_in_fresh_process(output, dataset_dir, history), example=example)
+    check_reload(output, reload_in_fresh_process(output, dataset_dir, history, [split]), example=example)
     say("verified in a fresh process: the folder's own code reproduces the card's test metrics and its example")
     if args.dry_run:
         say(f"dry run: nothing uploaded (would upload {output} to {args.repo})")

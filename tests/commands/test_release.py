@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,10 +125,10 @@ def test_the_card_carries_hub_metadata_and_the_test_metrics_of_the_local_checkpo
     assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "feature-extraction", "apache-2.0")
     assert data.datasets == [DATASET_REPO] and {"fusionrec", "recommender", "movies"} <= set(data.tags)
     results = {(r.dataset_args["protocol"], r.metric_type): r.metric_value for r in data.eval_results}
-    assert {split for split, _ in results} == set(SPLITS)
-    for split in SPLITS:
-        for key, metric_type, _ in release.CARD_METRICS:
-            assert results[(split, metric_type)] == pytest.approx(local["metrics"][split][key], abs=1e-6), (split, key)
+    assert {split for split, _ in results} == {"leave_one_out"}, "only the split the model was trained for"
+    for key, metric_type, _ in release.CARD_METRICS:
+        expected = local["metrics"]["leave_one_out"][key]
+        assert results[("leave_one_out", metric_type)] == pytest.approx(expected, abs=1e-6), key
     text = card.text
     for needed in ('pipeline("movie-recommendation", model="me/fusionrec-test", trust_remote_code=True)',
                    'AutoModel.from_pretrained("me/fusionrec-test", trust_remote_code=True)',
@@ -257,7 +258,9 @@ def test_a_dry_run_builds_and_verifies_but_uploads_nothing(work, tmp_path):
         ({"--repo": "not a repo"}, "--repo 'not a repo': not a Hub repo id"),
         ({"--text-encoder-id": None}, "a release must name one others can load: add --text-encoder-id HUB_ID"),
         ({"--output-dir": "occupied"}, "exists and is not a release folder"),
+        ({"--output-dir": "checkpoint"}, "exists and is not a release folder"),
         ({"--dry": ""}, "release.py: unrecognized arguments: --dry"),
+        ({"--split": "temporal"}, "trained for leave_one_out, so the temporal test events were training events"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(work, tmp_path, change, message):
@@ -265,12 +268,14 @@ def test_bad_input_is_one_line_and_exit_code_2(work, tmp_path, change, message):
     (tmp_path / "occupied" / "notes.txt").write_text("keep me")
     options = {"--model": work["best"], "--dataset": work["dataset"], "--repo": REPO, "--text-encoder-id": ENCODER_ID,
                "--output-dir": tmp_path / "out", "--cache-dir": work["cache"], "--dry-run": ""}  # fmt: skip
+    shutil.copytree(work["best"], tmp_path / "checkpoint")  # a training checkpoint is no release to replace
     for key, value in change.items():
         options[key] = tmp_path / value if key in ("--model", "--output-dir") else value
     argv = [part for key, value in options.items() if value is not None for part in (key, value) if part != ""]
     code, out, err = run_release(argv, hub_api=LocalHub())
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
     assert (tmp_path / "occupied" / "notes.txt").read_text() == "keep me" and not (tmp_path / "out").exists()
+    assert folder_bytes(tmp_path / "checkpoint") == folder_bytes(work["best"])
 
 
 def test_the_check_rejects_a_folder_that_does_not_reproduce_its_card_or_runs_other_code(released):
@@ -283,8 +288,8 @@ def test_the_check_rejects_a_folder_that_does_not_reproduce_its_card_or_runs_oth
               "pipeline_class": "transformers_modules.x.modeling_fusionrec.MovieRecommendationPipeline"}  # fmt: skip
     with pytest.raises(release.ReleaseCheckError, match="the card shows"):
         release.check_reload(released["folder"], report, example=[{"movie_id": 1, "title": "x", "score": 0.5}])
-    metrics["temporal"]["ndcg@10"] += 1e-4
-    with pytest.raises(release.ReleaseCheckError, match="temporal test ndcg@10 is .* but the card says"):
+    metrics["leave_one_out"]["ndcg@10"] += 1e-4
+    with pytest.raises(release.ReleaseCheckError, match="leave_one_out test ndcg@10 is .* but the card says"):
         release.check_reload(released["folder"], report, example=[])
     report["model_class"] = "modeling_fusionrec.FusionModel"
     with pytest.raises(release.ReleaseCheckError, match="did not run the release's own code"):
