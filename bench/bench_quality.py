@@ -92,7 +92,6 @@ from quality_jobs import (  # noqa: E402
 )
 from sample_data import DEFAULT_SAMPLE_DIR, require_sample_dir  # noqa: E402
 
-from fusionrec.data.sequences import train_sequence  # noqa: E402
 from fusionrec.io import atomic_write_text  # noqa: E402
 
 DEFAULT_OUTPUT = BENCH / "results" / "quality.json"
@@ -252,7 +251,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Path:
 
 def rmse_constant(data: BenchData, split: str) -> float:
     """RMSE on test of a constant prediction: the mean rating of the split's training data."""
-    value = float(np.concatenate([train_sequence(row, split, data.cold).ratings for row in data.rows]).mean())
+    value = float(np.concatenate([sequence.ratings for sequence in data.train(split)]).mean())
     test = data.examples(split, "test")
     return float(np.sqrt(np.mean((test.target_ratings - value) ** 2)))
 
@@ -370,7 +369,7 @@ def run(args, workdir: Path, output: Path, machine: dict, reused: dict, started:
             pending.append(job)
         else:
             records.update({(r["model"], r["split"], r["seed"]): r for r in done})
-    say(f"{len(records)} records finished in {workdir / 'records'} or reused; {len(pending)} child jobs to run")
+    say(f"{len(records)} records of child jobs finished in {workdir / 'records'} or reused; {len(pending)} child jobs to run")
 
     timing_path = workdir / "text_cache.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None

@@ -39,10 +39,12 @@ from fusionrec.data.collator import movie_frequency  # noqa: E402
 from fusionrec.data.loading import load_feature_spec, load_tables  # noqa: E402
 from fusionrec.data.sequences import (  # noqa: E402
     EvaluationExamples,
+    SequenceRows,
+    Sequences,
     UserSequence,
     evaluation_examples,
     read_sequences,
-    train_sequence,
+    training_part,
 )
 from fusionrec.data.text_cache import build_text_cache, text_cache_dir, text_hash  # noqa: E402
 from fusionrec.evaluation import compute_metrics, rank_examples  # noqa: E402
@@ -222,7 +224,7 @@ class BenchData:
 
     dataset: Path
     spec: dict
-    rows: list[dict]
+    rows: SequenceRows
     catalog: MovieCatalog
 
     @classmethod
@@ -238,8 +240,9 @@ class BenchData:
     def examples(self, split: str, stage: str) -> EvaluationExamples:
         return evaluation_examples(self.rows, split, stage, self.cold)
 
-    def train(self, split: str) -> list[UserSequence]:
-        return [s for s in (train_sequence(row, split, self.cold) for row in self.rows) if len(s.movies)]
+    def train(self, split: str) -> Sequences:
+        """Every user's training part under `split` (users with none left out)."""
+        return training_part(self.rows, split, self.cold).nonempty()
 
     def train_counts(self, split: str) -> np.ndarray:
         """Training ratings per movie under `split` (the head/tail split of the report)."""
@@ -274,7 +277,7 @@ def rank_scores(scores: np.ndarray, examples: EvaluationExamples, part: slice, t
     """Top-k movie indices per row of `scores` (rows = examples[part]); history and non-candidates excluded (-1 pads);
     equal scores are ordered by the seeded permutation `tiebreak`."""
     scores = scores.astype(np.float64, copy=True)
-    for row, seen in enumerate(examples.exclusions()[part]):
+    for row, seen in enumerate(examples.exclusions(part)):
         scores[row, seen] = -np.inf
     if examples.candidate_mask is not None:
         scores[:, ~examples.candidate_mask] = -np.inf
@@ -301,11 +304,9 @@ class Ease:
     X^T X + lambda I)^-1 = (I - X^T M X) / lambda, M = (lambda I_U + X X^T)^-1, so for a history row h and a movie j
     outside it: score_j = -(hP)_j / P_jj = (h X^T M X)_j / (1 - (X^T M X)_jj)."""
 
-    def __init__(self, train: list[UserSequence], num_movies: int) -> None:
-        rows = np.concatenate([np.full(len(s.movies), i) for i, s in enumerate(train)])
-        columns = np.concatenate([s.movies for s in train])
+    def __init__(self, train: Sequences, num_movies: int) -> None:
         self.x = np.zeros((len(train), num_movies), np.float64)
-        self.x[rows, columns] = 1.0
+        self.x[np.repeat(np.arange(len(train)), train.lengths()), train.all_movies()] = 1.0
         self.gram_users = self.x @ self.x.T
         self.num_movies = num_movies
 
