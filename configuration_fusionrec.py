@@ -60,6 +60,9 @@ class FusionRecConfig(PretrainedConfig):
         use_text (`bool`): Use the frozen text encoder's token states, pooled by the Perceiver Resampler.
         movie_id_dropout (`float`): Probability of zeroing a movie's id embedding in training, so content learns to
             carry the vector alone (the cold-start case).
+        count_gated_ids (`bool`): Scale each movie's id embedding by a learned gate of how often the movie was rated
+            in training (`FusionModel.set_movie_counts`), so a head movie leans on its id and a rare or new one on
+            its content: the better of the two per movie, not their average.
         user_id_dropout (`float`): Probability of replacing the user id with the unknown user in training.
         text_encoder_name_or_path (`str`): Frozen text encoder (any `AutoModel` text encoder; T5 by default).
         text_encoder_revision (`str`, *optional*): Revision of the text encoder, part of the text-cache key.
@@ -111,6 +114,7 @@ class FusionRecConfig(PretrainedConfig):
         use_content_features: bool = True,
         use_text: bool = True,
         movie_id_dropout: float = 0.2,
+        count_gated_ids: bool = True,
         user_id_dropout: float = 0.1,
         text_encoder_name_or_path: str = "google-t5/t5-small",
         text_encoder_revision: str | None = None,
@@ -153,6 +157,7 @@ class FusionRecConfig(PretrainedConfig):
         self.use_content_features = use_content_features
         self.use_text = use_text
         self.movie_id_dropout = movie_id_dropout
+        self.count_gated_ids = count_gated_ids
         self.user_id_dropout = user_id_dropout
         self.text_encoder_name_or_path = text_encoder_name_or_path
         self.text_encoder_revision = text_encoder_revision

@@ -236,6 +236,9 @@ class MovieTower(nn.Module):
         num_parts = 0
         if config.use_id_embedding:
             self.id_embedding = MovieIdEmbedding(config.num_movies, dim)
+            if config.count_gated_ids:
+                self.register_buffer("movie_counts", torch.zeros(config.num_movies))
+                self.id_gate = nn.Linear(1, dim)
             num_parts += 1
         if config.use_content_features:
             num_numeric = len(config.numeric_feature_names)
@@ -288,6 +291,8 @@ class MovieTower(nn.Module):
         parts = []
         if self.config.use_id_embedding:
             ids = self.id_embedding(movie_indices)
+            if self.config.count_gated_ids:
+                ids = ids * torch.sigmoid(self.id_gate(torch.log1p(self.movie_counts[movie_indices]).unsqueeze(-1)))
             if self.training and self.config.movie_id_dropout > 0:
                 keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.movie_id_dropout
                 ids = ids * keep
@@ -398,6 +403,10 @@ class FusionPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.hidden_size**-0.5 * 4)
             if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
                 init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, MovieTower) and hasattr(module, "id_gate"):
+            # Start near "trust the id of a movie rated ~7+ times, the content of a rarer one"; training moves it.
+            init.constant_(module.id_gate.weight, 1.0)
+            init.constant_(module.id_gate.bias, -2.0)
         elif isinstance(module, PerceiverResampler):
             init.normal_(module.latents, mean=0.0, std=std)
         elif isinstance(module, UserTower):
@@ -421,6 +430,11 @@ class FusionModel(FusionPreTrainedModel):
         self._movie_catalog: FusionCatalog | None = None
         self._catalog_source: dict = {}  # from_pretrained's revision, cache, token: where the catalog is read from
         self.post_init()
+
+    def set_movie_counts(self, counts: Tensor) -> None:
+        """Training ratings per movie, read by the id gate (`config.count_gated_ids`); saved with the weights."""
+        if self.config.use_id_embedding and self.config.count_gated_ids:
+            self.movie_tower.movie_counts.copy_(torch.as_tensor(counts, dtype=torch.float32))
 
     @property
     def temperature(self) -> Tensor | float:

@@ -179,6 +179,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         config = model.config
     else:
         model = FusionModel(config)
+    model.set_movie_counts(data.frequency)
     model.train()
 
     collator = TrainingCollator(

@@ -326,6 +326,27 @@ def test_feature_order_survives_save_and_reload(tmp_path):
         assert torch.equal(value, outputs_of(reloaded, batch)[name]), name
 
 
+def test_id_gate_reads_training_counts_and_they_are_saved_with_the_weights(tmp_path):
+    """A head movie's vector leans on its id, a never-rated one's on its content; the counts reload exactly."""
+    config = tiny_config(use_text=False)
+    torch.manual_seed(0)
+    model = FusionModel(config).eval()
+    counts = torch.zeros(config.num_movies)
+    counts[: config.num_movies // 2] = 500.0
+    model.set_movie_counts(counts)
+    indices = torch.arange(config.num_movies)
+    ids = model.movie_tower.id_embedding(indices)
+    gate = torch.sigmoid(model.movie_tower.id_gate(torch.log1p(model.movie_tower.movie_counts).unsqueeze(-1)))
+    seen, unseen = gate[: config.num_movies // 2], gate[config.num_movies // 2 :]
+    assert bool((seen > 0.9).all()) and bool((unseen < 0.2).all()) and ids.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(reloaded.movie_tower.movie_counts, counts)
+    inputs = movie_inputs(config, indices)
+    inputs.pop("text_states"), inputs.pop("text_mask")
+    assert torch.equal(model.calculate_movie_feature(**inputs), reloaded.calculate_movie_feature(**inputs))
+
+
 def test_config_from_feature_spec_in_one_call(tmp_path):
     spec = {
         "num_movies": 7,
