@@ -2,8 +2,8 @@
 reads the new folder at once, for inference or to continue training (`train_accelerate.py --init-from`).
 
 Stored rows are copied bit for bit. New rows start as what the model already knows for an id it never trained on:
-a new movie's id row is drawn like MovieIdEmbedding's initialisation (near zero, so the movie is read from its
-content, as cold movies are), a new user's row is the unknown user's (index 0, which user-id dropout and typed
+a new movie's id row is drawn like MovieIdEmbedding's initialisation (near zero) and its training count is zero
+(so its id gate is closed and the movie is read from its content, as cold movies are), a new user's row is the unknown user's (index 0, which user-id dropout and typed
 histories train), and a new vocabulary token's row is the out-of-vocabulary row (index 1: before the update the
 token would have been encoded as <oov>). A model may only grow to a folder whose lineage records the model's sizes:
 an unrelated dataset still stops with one line.
@@ -68,6 +68,8 @@ def grow_model(model, spec: dict, *, dataset_dir: str | os.PathLike, seed: int =
         count = target.num_movies - config.num_movies
         rows = torch.randn(count, config.hidden_size, generator=generator) * config.initializer_range
         tower.id_embedding = grow_embedding(tower.id_embedding, target.num_movies, rows)
+        if config.count_gated_ids:  # a new movie has no training ratings yet: its id gate starts closed
+            tower.movie_counts = torch.cat((tower.movie_counts, tower.movie_counts.new_zeros(count)))
     users = model.user_tower.user_embedding
     model.user_tower.user_embedding = grow_embedding(users, target.num_users, copies_of_row(users, 0, target.num_users))
     if config.use_content_features:

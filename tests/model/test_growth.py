@@ -41,6 +41,8 @@ def test_growing_keeps_stored_rows_bit_identical_and_starts_new_ones_as_never_se
     _, old, new = updated_dataset
     spec = load_feature_spec(new.output_dir)
     model = old_model(old)
+    counts = torch.arange(model.config.num_movies, dtype=torch.float32) + 1
+    model.set_movie_counts(counts)
     before, untouched = tables(model), {n: p.detach().clone() for n, p in model.named_parameters() if "embedding" not in n}
     old_sizes = model.config.feature_signature()
     grow_model(model, spec, dataset_dir=new.output_dir, seed=3)
@@ -57,6 +59,9 @@ def test_growing_keeps_stored_rows_bit_identical_and_starts_new_ones_as_never_se
     new_genre = after["bag_genres"][-1]
     assert torch.equal(new_genre, before["bag_genres"][1])  # the <oov> row: what the token was encoded as before
     assert all(torch.equal(p, untouched[n]) for n, p in model.named_parameters() if n in untouched)
+    grown_counts = model.movie_tower.movie_counts  # old movies keep their training counts, new ones have none yet
+    assert torch.equal(grown_counts[: len(counts)], counts) and not grown_counts[len(counts) :].any()
+    assert len(grown_counts) == model.config.num_movies
     assert type(model.movie_tower.id_embedding).__name__ == "MovieIdEmbedding"
     assert model.movie_tower.id_embedding.weight.requires_grad
     # seeded: the same seed grows the same rows
