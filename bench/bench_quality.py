@@ -14,7 +14,9 @@ Models:
 * ease: EASE (Steck 2019) through the Woodbury identity (only a users x users inverse); lambda chosen per split on
   validation NDCG@10 from --ease-lambdas.
 * fusion_ids / fusion_content / fusion_full: FusionModel with movie ids only, content + text only, and everything
-  (all-MiniLM-L6-v2, frozen, cached). The ablations are in the table with their intervals; they are not targets.
+  (all-MiniLM-L6-v2, frozen, cached), trained with train_accelerate.py's defaults, i.e. the command a user types
+  (epochs sized from the data, validation once per epoch, early stopping); the options under "FusionModel
+  training" override them. The ablations are in the table with their intervals; they are not targets.
 * fusion_full@target_time (labelled extra, never used by a target): each fusion_full checkpoint scored with user
   vectors read as of the target's own time, a variant PROTOCOL.md allows beside the main number.
 * rectools_sasrec / rectools_bert4rec / rectools_sasrec_cat (SASRec + CatFeaturesItemNet over our categorical and bag
@@ -76,6 +78,7 @@ from quality_jobs import (  # noqa: E402
     SNAPSHOT_ENV,
     SPLITS,
     TARGET_TIME,
+    TRAINING_OPTIONS,
     BenchData,
     PeerMismatch,
     baseline_config,
@@ -88,6 +91,7 @@ from quality_jobs import (  # noqa: E402
     run_children,
     run_fusion_job,
     say,
+    text_tokens,
     write_record,
 )
 from sample_data import DEFAULT_SAMPLE_DIR, require_sample_dir  # noqa: E402
@@ -115,17 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                         help=f"({TARGET_TIME} comes with fusion_full; peers run on {', '.join(PEER_SPLITS)} only)")
-    parser.add_argument("--steps", type=int, default=1000, help="max optimizer steps per FusionModel run")
-    parser.add_argument("--eval-steps", type=int, default=100, help="validation every N steps (best checkpoint)")
-    parser.add_argument("--patience", type=int, default=0, help="early stop after N evaluations without improvement (0: off)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-2)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--max-history-length", type=int, default=50)
-    parser.add_argument("--text-max-length", type=int, default=32)
-    parser.add_argument("--perceiver-depth", type=int, default=1)
-    parser.add_argument("--perceiver-head-dim", type=int, default=16)
-    parser.add_argument("--num-negatives", type=int, default=128)
+    training = parser.add_argument_group(
+        "FusionModel training", "train_accelerate.py's options of the same names; unset, its defaults (a user's command)"
+    )
+    training.add_argument("--steps", type=int, default=None, help="max optimizer steps (default: its epoch schedule)")
+    for name, kind in TRAINING_OPTIONS.items():
+        training.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
     parser.add_argument(
         "--ease-lambdas", type=float, nargs="+", default=[10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0],
         help="EASE L2 grid, chosen per split on validation NDCG@10",
@@ -374,7 +373,7 @@ def run(args, workdir: Path, output: Path, machine: dict, reused: dict, started:
     timing_path = workdir / "text_cache.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
     if any(job.model in ("fusion_content", "fusion_full") for job in pending):
-        measured = build_text_cache_timed(data, args.text_cache_dir, args.text_max_length)
+        measured = build_text_cache_timed(data, args.text_cache_dir, text_tokens(args))
         if measured["texts_encoded"] or timing is None:
             timing = measured
             atomic_write_text(timing_path, json.dumps(timing) + "\n")

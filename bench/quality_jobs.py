@@ -385,20 +385,31 @@ def baseline_records(name: str, split: str, seeds: list[int], data: BenchData, a
 # ----- FusionModel: a child process per job -----
 
 
-TRAINING_OPTIONS = (
-    "eval_steps", "patience", "batch_size", "learning_rate", "hidden_size", "max_history_length", "text_max_length",
-    "perceiver_depth", "perceiver_head_dim", "num_negatives",
-)
+TRAINING_OPTIONS = {  # bench_quality.py options passed on, under the same names, to train_accelerate.py when given
+    "eval_steps": int, "patience": int, "batch_size": int, "learning_rate": float, "hidden_size": int,
+    "max_history_length": int, "text_max_length": int, "perceiver_depth": int, "perceiver_head_dim": int,
+    "num_negatives": int,
+}
 
 
 def training_options(args) -> list[str]:
-    """The options bench_quality.py shares, under the same names, with train_accelerate.py."""
-    return [part for name in TRAINING_OPTIONS for part in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
+    """The options bench_quality.py shares, under the same names, with train_accelerate.py: only those given, so
+    the FusionModel runs use train_accelerate.py's own defaults, as a user's command does."""
+    given = {name: getattr(args, name) for name in TRAINING_OPTIONS if getattr(args, name) is not None}
+    return [part for name, value in given.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def text_tokens(args) -> int:
+    """Tokens per movie text the FusionModel runs read (the text cache is built for these)."""
+    from fusionrec.training.options import build_parser
+
+    return args.text_max_length or build_parser().get_default("text_max_length")
 
 
 def fusion_settings(model: str, split: str, seed: int, args) -> list[str]:
     """train_accelerate.py's arguments apart from paths: the settings a FusionModel record depends on."""
-    return ["--split", split, "--seed", str(seed), "--max-steps", str(args.steps), *training_options(args),
+    steps = ["--max-steps", str(args.steps)] if args.steps is not None else []
+    return ["--split", split, "--seed", str(seed), *steps, *training_options(args),
             "--text-encoder", TEXT_ENCODER, *FUSION_VARIANTS[model]]
 
 
@@ -412,7 +423,8 @@ def fusion_job(model: str, split: str, seed: int, args, workdir: Path, dataset: 
     command = [
         sys.executable, str(BENCH / "bench_quality.py"), "--run-job", f"{model}:{split}:{seed}",
         "--dataset", str(dataset), "--workdir", str(workdir), "--text-cache-dir", str(args.text_cache_dir),
-        "--steps", str(args.steps), *training_options(args), "--threads", "1", "--no-snapshot",
+        *(["--steps", str(args.steps)] if args.steps is not None else []), *training_options(args), "--threads", "1",
+        "--no-snapshot",
     ]
     outputs = (model, TARGET_TIME) if model == "fusion_full" else (model,)
     return Job(model, split, seed, fusion_config(model, split, seed, args), outputs, command)
@@ -441,7 +453,7 @@ def run_fusion_job(model: str, split: str, seed: int, args, data: BenchData, wor
     summary = loop.train(options.parse_args(argv))
     net = load_model(output / "best")
     if "--no-text" not in settings:
-        data.attach_text(args.text_cache_dir, args.text_max_length)
+        data.attach_text(args.text_cache_dir, net.config.text_max_length)
     test = data.examples(split, "test")
     vectors = catalog_vectors(net, data.catalog)
     metrics, ranks = score_fusion(net, data, test, vectors)

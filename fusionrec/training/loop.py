@@ -49,6 +49,8 @@ from fusionrec.training.checkpoints import (
 )
 from fusionrec.training.options import PROGRAM, UsageError, build_config, parse_args
 
+MIN_EVAL_INTERVAL = 50  # optimizer steps between default validations
+
 
 def evaluate(accelerator, model, catalog, examples, *, k_values=(10, 20)) -> dict[str, float]:
     """Validation metrics, sharded across processes (fixed-size top-K gathered)."""
@@ -128,6 +130,17 @@ def use_cpu(args) -> bool:
     return bool(args.cpu) or (world_size > 1 and not has_accelerator)
 
 
+def run_length(args, *, batches_per_epoch: int) -> tuple[int, int]:
+    """(max_steps, eval_steps): --max-steps, else --max-epochs passes over this process's batches, and one validation
+    per epoch (at least MIN_EVAL_INTERVAL steps apart: a tiny epoch would spend the run ranking, and --patience would
+    read noise) unless --eval-steps says otherwise. Sized from the data, the same command suits a 300-user demo and
+    the 270,000-user Kaggle set."""
+    steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
+    max_steps = args.max_steps if args.max_steps is not None else args.max_epochs * steps_per_epoch
+    eval_steps = args.eval_steps if args.eval_steps is not None else max(steps_per_epoch, MIN_EVAL_INTERVAL)
+    return max_steps, eval_steps
+
+
 def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     """Run one training job; returns a summary dict (also written to OUTPUT_DIR/train_summary.json)."""
     entered = time.perf_counter()
@@ -205,6 +218,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         collate_fn=KeyedCollator(collator),
         generator=torch.Generator().manual_seed(args.seed),
     )
+    args.max_steps, args.eval_steps = run_length(args, batches_per_epoch=len(sampler) // accelerator.num_processes)
     optimizer = build_optimizer(model, args)
     warmup = args.warmup_steps if args.warmup_steps is not None else math.ceil(0.05 * args.max_steps)
     # AcceleratedScheduler steps once per process per optimizer step (split_batches=False): scale to match.

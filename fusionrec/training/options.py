@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="frozen text encoder, Hub name or local path (its hidden size is read from its config)",
     )
     model.add_argument("--text-encoder-revision", default=None, help="text encoder revision (part of the cache key)")
-    model.add_argument("--text-max-length", type=int, default=48, help="tokens kept per movie text")
-    model.add_argument("--perceiver-depth", type=int, default=None, help="Perceiver Resampler layers (config: 2)")
-    model.add_argument("--perceiver-head-dim", type=int, default=None, help="Perceiver attention head width (config: 32)")
+    model.add_argument("--text-max-length", type=int, default=32, help="tokens kept per movie text")
+    model.add_argument("--perceiver-depth", type=int, default=None, help="Perceiver Resampler layers (config: 1)")
+    model.add_argument("--perceiver-head-dim", type=int, default=None, help="Perceiver attention head width (config: 16)")
     model.add_argument("--no-text", action="store_true", help="ablation: no text features (no encoder, no cache)")
     model.add_argument("--no-id-embedding", action="store_true", help="ablation: no movie id embedding")
     model.add_argument("--no-content-features", action="store_true", help="ablation: no numeric/categorical/bag features")
@@ -90,12 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--learn-temperature", action="store_true", help="learn the temperature, starting at --temperature")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--max-steps", type=int, default=300, help="optimizer steps to train (after accumulation)")
-    optim.add_argument("--batch-size", type=int, default=32, help="training windows per process per forward pass")
+    optim.add_argument(
+        "--max-epochs", type=int, default=30,
+        help="passes over the training windows; the run is sized from the data, and early stopping (--patience) "
+        "usually ends it sooner",
+    )  # fmt: skip
+    optim.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train (overrides --max-epochs)")
+    optim.add_argument("--batch-size", type=int, default=64, help="training windows per process per forward pass")
     optim.add_argument("--gradient-accumulation-steps", type=int, default=1, help="forward passes per optimizer step")
-    optim.add_argument("--learning-rate", type=float, default=3e-3, help="peak AdamW learning rate")
+    optim.add_argument("--learning-rate", type=float, default=1e-2, help="peak AdamW learning rate")
     optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms)")
-    optim.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: 5%% of --max-steps)")
+    optim.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: 5%% of the run)")
     optim.add_argument("--lr-scheduler", choices=SCHEDULERS, default="cosine", help="decay after warmup")
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
     optim.add_argument("--num-negatives", type=int, default=128, help="uniform negatives per batch (plus in-batch)")
@@ -116,8 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     loop = parser.add_argument_group("evaluation, checkpoints, logging")
-    loop.add_argument("--eval-steps", type=int, default=50, help="evaluate on validation every N steps (0: only at the end)")
-    loop.add_argument("--patience", type=int, default=0, help="stop after N evaluations without a better NDCG@10 (0: off)")
+    loop.add_argument(
+        "--eval-steps", type=int, default=None,
+        help="evaluate on validation every N steps (default: once per epoch, at least 50 steps apart; 0: only at the end)",
+    )  # fmt: skip
+    loop.add_argument("--patience", type=int, default=5, help="stop after N evaluations without a better NDCG@10 (0: off)")
     loop.add_argument("--checkpointing-steps", type=int, default=0, help="accelerator.save_state every N steps (0: off)")
     loop.add_argument("--checkpoints-total-limit", type=int, default=2, help="keep the last N step_* checkpoints")
     loop.add_argument(
@@ -151,14 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    positive = ("max_steps", "batch_size", "gradient_accumulation_steps", "max_history_length", "hidden_size")
+    positive = ("max_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "max_history_length", "hidden_size")
     for name in positive:
-        if getattr(args, name) <= 0:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UsageError(f"argument --{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}")
     if args.ddp_timeout <= 0:
         raise UsageError(f"argument --ddp-timeout: must be > 0, got {args.ddp_timeout:g}")
     for name in ("eval_steps", "patience", "checkpointing_steps", "num_negatives", "logging_steps"):
-        if getattr(args, name) < 0:
+        if getattr(args, name) is not None and getattr(args, name) < 0:
             raise UsageError(f"argument --{name.replace('_', '-')}: must be >= 0, got {getattr(args, name)}")
     if args.checkpoints_total_limit < 1:
         raise UsageError("argument --checkpoints-total-limit: must be >= 1")
