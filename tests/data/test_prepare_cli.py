@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from fusionrec.data.prepare import key_values, main, merge_options
+from fusionrec.data.build import merge_options
+from fusionrec.data.prepare import key_values, main
 from fusionrec.data.tables import DEFAULT_MIN_COUNT
 from fusionrec.errors import PrepareError
 
