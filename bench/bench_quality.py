@@ -39,6 +39,7 @@ Run (from the repository root):
     python bench/bench_quality.py --workdir /tmp/bq        # the full benchmark; resume with the same --workdir
     python bench/bench_quality.py --quick --workdir /tmp/bq_quick   # smoke run: 30 steps, seed 0, peers 2 epochs
     python bench/bench_quality.py --reuse bench/results/quality.json --seeds 0 1 2   # add a seed, keep the rest
+    python bench/bench_quality.py --workdir /tmp/bq --report-only   # report what has finished so far
 
 Writes bench/results/quality.json (a list of records, one per line; --quick: WORKDIR/quality-quick.json) and the
 printed report beside it (quality_report.txt). The dataset is prepared into the workdir (never into the repository);
@@ -142,6 +143,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of this process (children: 1)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="child processes at once (FusionModel runs and peers, one torch thread each)")
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="report on the child-job records already finished in --workdir; run none of the missing ones (a run "
+        "still in progress, or one to finish later); the baselines, seconds each, still run",
+    )
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 30 steps, the first seed only, peers --peer-max-epochs 2")
     parser.add_argument("--run-job", help=argparse.SUPPRESS)  # MODEL:SPLIT:SEED, a FusionModel child job
@@ -150,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the checkout's code directly (default: a frozen copy of it, so edits during the run cannot mix in)",
     )
     args = parser.parse_args(argv)
+    if args.report_only and args.workdir is None:
+        parser.error("--report-only reads the records of a --workdir; give the one the benchmark ran in")
     if args.quick:
         args.steps, args.eval_steps, args.patience, args.seeds = 30, 15, 0, [args.seeds[0]]
         args.peer_max_epochs = 2 if args.peer_max_epochs is None else args.peer_max_epochs
@@ -369,6 +377,9 @@ def run(args, workdir: Path, output: Path, machine: dict, reused: dict, started:
         else:
             records.update({(r["model"], r["split"], r["seed"]): r for r in done})
     say(f"{len(records)} records of child jobs finished in {workdir / 'records'} or reused; {len(pending)} child jobs to run")
+    if args.report_only and pending:
+        say(f"--report-only: not run, so not in the report: {', '.join(job.name for job in pending)}")
+        pending = []
 
     timing_path = workdir / "text_cache.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None

@@ -248,3 +248,20 @@ def test_finished_records_resume_only_with_the_same_settings(tmp_path):
     both = ("fusion_full", jobs.TARGET_TIME)  # a job with two records is finished only with both
     jobs.write_record(tmp_path, {**done, "model": "fusion_full"})
     assert jobs.finished_records(tmp_path, both, "leave_one_out", 0, config=config, num_test=2) is None
+
+
+def test_report_only_reports_the_finished_records_and_runs_no_child_job(sample_data_dir, tmp_path, capsys):
+    import bench_quality
+
+    workdir = tmp_path / "bq"
+    argv = ["--data-dir", str(sample_data_dir), "--workdir", str(workdir), "--models", "most_popular", "fusion_ids",
+            "--splits", "leave_one_out", "--seeds", "0", "--no-snapshot", "--report-only"]  # fmt: skip
+    records = bench_quality.main(argv)
+    out = capsys.readouterr().out
+    assert [(r["model"], r["seed"]) for r in records] == [("most_popular", 0)]
+    assert "--report-only: not run, so not in the report: fusion_ids leave_one_out seed 0" in out
+    assert not list(workdir.glob("logs/*")) and not (workdir / "runs").exists()  # no child job started
+    assert sorted(p.name for p in (workdir / "records").iterdir()) == ["most_popular-leave_one_out-seed0.json"]
+    with pytest.raises(SystemExit):
+        bench_quality.main(["--report-only", "--models", "most_popular"])
+    assert "--report-only reads the records of a --workdir" in capsys.readouterr().err
