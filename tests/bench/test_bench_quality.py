@@ -255,10 +255,12 @@ def test_report_only_reports_the_finished_records_and_runs_no_child_job(sample_d
 
     workdir = tmp_path / "bq"
     argv = ["--data-dir", str(sample_data_dir), "--workdir", str(workdir), "--models", "most_popular", "fusion_ids",
-            "--splits", "leave_one_out", "--seeds", "0", "--no-snapshot", "--report-only"]  # fmt: skip
+            "--splits", "leave_one_out", "--seeds", "0", "--no-snapshot", "--report-only",
+            "--output", str(tmp_path / "quality.json")]  # fmt: skip
     records = bench_quality.main(argv)
     out = capsys.readouterr().out
     assert [(r["model"], r["seed"]) for r in records] == [("most_popular", 0)]
+    assert (tmp_path / "quality_report.txt").is_file()
     assert "--report-only: not run, so not in the report: fusion_ids leave_one_out seed 0" in out
     assert not list(workdir.glob("logs/*")) and not (workdir / "runs").exists()  # no child job started
     assert sorted(p.name for p in (workdir / "records").iterdir()) == ["most_popular-leave_one_out-seed0.json"]
