@@ -367,3 +367,16 @@ def test_help_documents_every_option():
 def test_ddp_timeout_must_be_positive(tmp_path, capsys):
     assert run(["--dataset", tmp_path, "--output-dir", tmp_path / "out", "--ddp-timeout", "0"]) == 2
     assert "argument --ddp-timeout: must be > 0, got 0" in one_line_error(capsys)
+
+
+def test_the_run_is_sized_from_the_data_unless_steps_are_given():
+    from fusionrec.training.loop import MIN_EVAL_INTERVAL, run_length
+
+    def sized(*argv, batches):
+        return run_length(parse_args(["--dataset", "d", "--output-dir", "o", *argv]), batches_per_epoch=batches)
+
+    assert sized(batches=35) == (30 * 35, MIN_EVAL_INTERVAL)  # a small epoch: validation at least 50 steps apart
+    assert sized(batches=20_333) == (30 * 20_333, 20_333)  # a large one: once per epoch
+    assert sized("--max-epochs", "2", "--gradient-accumulation-steps", "4", batches=400) == (200, 100)
+    assert sized("--max-steps", "7", "--eval-steps", "0", batches=35) == (7, 0)
+    assert sized("--gradient-accumulation-steps", "4", batches=3) == (30, MIN_EVAL_INTERVAL)  # under one step: one
