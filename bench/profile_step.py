@@ -30,6 +30,7 @@ from accelerate import Accelerator  # noqa: E402
 from sample_data import DEFAULT_SAMPLE_DIR, require_sample_dir  # noqa: E402
 
 from fusionrec.data.collator import TrainingCollator  # noqa: E402
+from fusionrec.data.loading import load_feature_spec  # noqa: E402
 from fusionrec.data.prepare import prepare  # noqa: E402
 from fusionrec.io import atomic_write_text  # noqa: E402
 from fusionrec.training.batches import load_training_data  # noqa: E402
@@ -67,8 +68,6 @@ def profile(train_argv: list[str], *, steps: int, warmup: int = 3) -> dict:
     args = parse_args(train_argv)
     args._resume_dir = None  # a fresh run, as train() resolves it
     accelerator = Accelerator(cpu=True)
-    from fusionrec.data.loading import load_feature_spec
-
     config = build_config(args, load_feature_spec(args.dataset))
     data = load_training_data(args, config, accelerator)
     model = FusionModel(config)
