@@ -413,9 +413,22 @@ def fusion_settings(model: str, split: str, seed: int, args) -> list[str]:
             "--text-encoder", TEXT_ENCODER, *FUSION_VARIANTS[model]]
 
 
+def fusion_defaults() -> dict:
+    """The defaults a FusionModel run takes where its argv is silent (train_accelerate.py's options and the model
+    config's fields): part of a record's settings, so a record made before a default changed is run again."""
+    from configuration_fusionrec import FusionRecConfig
+    from fusionrec.training.options import build_parser
+
+    config = FusionRecConfig().to_dict()
+    for key in ("transformers_version", "modeling_sha256"):
+        config.pop(key, None)
+    train = {action.dest: action.default for action in build_parser()._actions if action.dest != "help"}
+    return json.loads(json.dumps({"config": config, "train_accelerate": train}, sort_keys=True, default=str))
+
+
 def fusion_config(model: str, split: str, seed: int, args) -> dict:
     return {"model": model, "split": split, "seed": seed, "rank_depth": RANK_DEPTH,
-            "train_accelerate_argv": fusion_settings(model, split, seed, args)}
+            "train_accelerate_argv": fusion_settings(model, split, seed, args), "defaults": fusion_defaults()}
 
 
 def fusion_job(model: str, split: str, seed: int, args, workdir: Path, dataset: Path) -> Job:

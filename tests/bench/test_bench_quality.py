@@ -250,6 +250,33 @@ def test_finished_records_resume_only_with_the_same_settings(tmp_path):
     assert jobs.finished_records(tmp_path, both, "leave_one_out", 0, config=config, num_test=2) is None
 
 
+def test_a_fusion_record_made_before_a_default_changed_is_not_resumed(monkeypatch):
+    import argparse
+
+    import configuration_fusionrec
+    from fusionrec.training import options
+
+    args = argparse.Namespace(steps=None, **{name: None for name in jobs.TRAINING_OPTIONS})
+    before = jobs.fusion_config("fusion_full", "leave_one_out", 0, args)
+    assert before == jobs.fusion_config("fusion_full", "leave_one_out", 0, args)
+    assert "--movie-id-dropout" not in before["train_accelerate_argv"]  # a default the argv does not name
+
+    build_parser = options.build_parser
+
+    def other_patience():
+        parser = build_parser()
+        parser.set_defaults(patience=7)
+        return parser
+
+    monkeypatch.setattr(options, "build_parser", other_patience)
+    assert jobs.fusion_config("fusion_full", "leave_one_out", 0, args) != before
+    monkeypatch.undo()
+    init = configuration_fusionrec.FusionRecConfig.__init__
+    monkeypatch.setattr(configuration_fusionrec.FusionRecConfig, "__init__",
+                        lambda self, **kwargs: init(self, **{"movie_id_dropout": 0.5, **kwargs}))
+    assert jobs.fusion_config("fusion_full", "leave_one_out", 0, args) != before
+
+
 def test_report_only_reports_the_finished_records_and_runs_no_child_job(sample_data_dir, tmp_path, capsys):
     import bench_quality
 
