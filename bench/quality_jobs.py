@@ -524,7 +524,7 @@ def peer_job(name: str, split: str, seed: int, args, workdir: Path, data: BenchD
         "--split", split, "--seed", str(seed), "--n-factors", str(settings["n_factors"]),
         "--session-max-len", str(settings["session_max_len"]), "--max-epochs", str(settings["max_epochs"]),
         "--patience", str(settings["patience"]), "--item-features", settings["item_features"], "--threads", "1",
-        "--output", str(raw),
+        "--output", str(raw), "--state-dir", str(raw.with_suffix(".state")),
     ]
     config = peer_config(name, split, seed, args)
 

@@ -88,12 +88,13 @@ def install(point: str, hit: int) -> None:
         raise SystemExit(f"unknown point {point!r}")
 
 
-def frozen_at(point: str, hit: int, script: Path, argv: list[str], *, env: dict, log: Path, timeout: float = 600) -> int:
-    """Start `script` under this launcher and return its pid once it is stopped at the `hit`-th `point`; fails when
-    it exits first (the point was never reached) or is still running after `timeout` seconds."""
+def frozen_at(point: str, hit: int, script: Path, argv: list[str], *, env: dict, log: Path, timeout: float = 600,
+              python: str = sys.executable) -> int:
+    """Start `script` under this launcher (run by `python`) and return its pid once it is stopped at the `hit`-th
+    `point`; fails when it exits first (the point was never reached) or is still running after `timeout` seconds."""
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [sys.executable, __file__, point, str(hit), str(script), *map(str, argv)], stdout=output, stderr=output, env=env
+            [python, __file__, point, str(hit), str(script), *map(str, argv)], stdout=output, stderr=output, env=env
         )
     deadline = time.monotonic() + timeout
     while True:

@@ -17,6 +17,12 @@ ranks it every epoch exactly as the test event is ranked below, EarlyStopping wa
 epoch's weights are put back before scoring. Scoring: model.recommend over the whole catalog the model knows,
 filter_viewed=True over the whole history, k=100. Movies the peer never trained on have no vector: they rank after
 every known movie, so a target among them counts as missed (rank -1).
+
+With --state-dir the fit is resumable: the state after each epoch (weights, Adam moments, RNG states, the
+validation curve and best weights, early stopping's counters, CPU-seconds so far) is written there as safetensors and
+JSON, and a restarted run continues after the last complete epoch and ends as the uninterrupted run does (same batch
+order, same dropout masks, same selected epoch); its CPU-seconds add up over the pieces. A CPU peer takes hours on 2
+cores, longer than one sitting.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import argparse
 import json
 import math
 import os
+import random
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,13 +50,14 @@ import pytorch_lightning  # noqa: E402
 import rectools  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning import Callback, Trainer, seed_everything  # noqa: E402
-from pytorch_lightning.callbacks import EarlyStopping  # noqa: E402
+from pytorch_lightning.callbacks import Checkpoint, EarlyStopping  # noqa: E402
 from rectools import Columns  # noqa: E402
 from rectools.dataset import Dataset  # noqa: E402
 from rectools.metrics import NDCG, Recall, calc_metrics  # noqa: E402
 from rectools.models import BERT4RecModel, SASRecModel  # noqa: E402
 from rectools.models.nn.item_net import CatFeaturesItemNet, IdEmbeddingsItemNet  # noqa: E402
 from rectools.models.nn.transformers.utils import leave_one_out_mask  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 TOP_K = 100  # ranks are stored to here; beyond it a target is -1
 TOP_STORED = 20  # per-user top list kept for catalog coverage
@@ -195,6 +204,141 @@ class ValidationRanking(Callback):
             self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
 
+# ----- resumable fit: the state after each epoch -----
+
+
+def tensors_and_rest(tree: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into flat tensors (safetensors) and the JSON rest, keyed by dotted paths."""
+    tensors, rest = {}, {}
+    for index, values in tree["state"].items():
+        for name, value in values.items():
+            key = f"{index}.{name}"
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value.detach().clone().contiguous()
+            else:
+                rest[key] = value
+    return tensors, {"scalars": rest, "param_groups": tree["param_groups"]}
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in [*tensors.items(), *rest["scalars"].items()]:
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Own, contiguous copies: safetensors refuses tensors that share memory (tied embeddings)."""
+    return {key: value.detach().clone().contiguous() for key, value in tensors.items()}
+
+
+class EpochState(Checkpoint):
+    """Writes the fit's state after every epoch into STATE_DIR/epoch-NNNN (built under a temporary name, then
+    renamed: a folder with its final name is complete) and, on a restart, puts the newest one back before the first
+    epoch. A Checkpoint, so Lightning calls it after EarlyStopping has counted the epoch."""
+
+    def __init__(self, directory: Path, *, settings: dict) -> None:
+        self.directory = directory
+        self.settings = settings
+        for unfinished in directory.glob(".epoch-*.tmp"):  # a run killed while writing one
+            shutil.rmtree(unfinished)
+        self.saved = self.newest()
+        info = json.loads((self.saved / "state.json").read_text()) if self.saved else {}
+        if info and info["settings"] != settings:
+            print(f"{self.saved} was made with other settings: starting over", file=sys.stderr, flush=True)
+            shutil.rmtree(self.saved)
+            self.saved, info = None, {}
+        self.info = info
+        self.cpu_before = info.get("train_cpu_seconds", 0.0)
+        self.wall_before = info.get("train_wall_seconds", 0.0)
+        self.resumed_after = [*info.get("resumed_after", []), info["epoch"]] if info else []
+        self.restored = False
+
+    def newest(self) -> Path | None:
+        done = sorted(self.directory.glob("epoch-[0-9][0-9][0-9][0-9]"))
+        return done[-1] if done else None
+
+    def start(self) -> None:
+        """Called right before model.fit: the zero points of this piece's CPU and wall seconds."""
+        self.cpu0, self.wall0 = cpu_seconds(), time.perf_counter()
+
+    def train_seconds(self) -> tuple[float, float]:
+        return self.cpu_before + cpu_seconds() - self.cpu0, self.wall_before + time.perf_counter() - self.wall0
+
+    def on_train_start(self, trainer: Trainer, pl_module) -> None:
+        """The counters: the loop starts at the epoch after the saved one, early stopping and the validation curve
+        go on from where they were."""
+        if self.saved is None:
+            return
+        info, validation = self.info, validation_callback(trainer)
+        progress = trainer.fit_loop.epoch_progress
+        for counter in (progress.current, progress.total):
+            counter.ready = counter.started = counter.processed = counter.completed = info["epoch"]
+        early_stopping(trainer).load_state_dict(
+            {**info["early_stopping"], "best_score": torch.tensor(info["early_stopping"]["best_score"])})
+        validation.curve, validation.curve_cpu = info["curve"], info["curve_cpu"]
+        validation.best_ndcg, validation.best_epoch = info["best_ndcg"], info["best_epoch"]
+        validation.best_state = load_file(self.saved / "best.safetensors")
+        validation.cpu_at_start = cpu_seconds() - info["validation_cpu_seconds"]
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module) -> None:
+        """Weights, Adam moments and RNG states, here rather than in on_train_start: RecTools' own on_train_start
+        runs after the callbacks' and initialises the weights (drawing from the RNG), and the batch order of this
+        epoch is drawn after this hook."""
+        if self.saved is None or self.restored:
+            return
+        self.restored = True
+        info = self.info
+        pl_module.load_state_dict(load_file(self.saved / "model.safetensors"))
+        trainer.optimizers[0].load_state_dict(optimizer_state(load_file(self.saved / "optimizer.safetensors"),
+                                                              info["optimizer"]))
+        torch.set_rng_state(load_file(self.saved / "rng.safetensors")["torch"])
+        kind, keys, position, has_gauss, gauss = info["numpy_rng"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
+        version, internal, gauss_next = info["python_rng"]
+        random.setstate((version, tuple(internal), gauss_next))
+        print(f"resumed after epoch {info['epoch']} from {self.saved}", file=sys.stderr, flush=True)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module) -> None:
+        epoch, validation, stop = trainer.current_epoch + 1, validation_callback(trainer), early_stopping(trainer)
+        target = self.directory / f"epoch-{epoch:04d}"
+        building = self.directory / f".epoch-{epoch:04d}.{os.getpid()}.tmp"
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        tensors, rest = tensors_and_rest(trainer.optimizers[0].state_dict())
+        save_file(plain(pl_module.state_dict()), building / "model.safetensors")
+        save_file(tensors, building / "optimizer.safetensors")
+        save_file(plain(validation.best_state), building / "best.safetensors")
+        save_file({"torch": torch.get_rng_state()}, building / "rng.safetensors")
+        cpu, wall = self.train_seconds()
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        version, internal, gauss_next = random.getstate()
+        early = stop.state_dict()
+        info = {
+            "settings": self.settings, "epoch": epoch, "optimizer": rest, "curve": validation.curve, "curve_cpu": validation.curve_cpu,
+            "best_ndcg": validation.best_ndcg, "best_epoch": validation.best_epoch,
+            "validation_cpu_seconds": cpu_seconds() - validation.cpu_at_start,
+            "early_stopping": {**early, "best_score": float(early["best_score"])},
+            "numpy_rng": [kind, keys.tolist(), position, has_gauss, gauss],
+            "python_rng": [version, list(internal), gauss_next],
+            "train_cpu_seconds": cpu, "train_wall_seconds": wall, "resumed_after": self.resumed_after,
+        }
+        (building / "state.json").write_text(json.dumps(info))
+        os.replace(building, target)
+        for older in self.directory.glob("epoch-[0-9][0-9][0-9][0-9]"):
+            if older != target:
+                shutil.rmtree(older)
+
+
+def validation_callback(trainer: Trainer) -> ValidationRanking:
+    return next(c for c in trainer.callbacks if isinstance(c, ValidationRanking))
+
+
+def early_stopping(trainer: Trainer) -> EarlyStopping:
+    return next(c for c in trainer.callbacks if isinstance(c, EarlyStopping))
+
+
 # ----- model, scoring, metrics -----
 
 
@@ -215,15 +359,17 @@ def summary(ranks: list[int]) -> dict:
             "recall@100": recall_at(ranks, 100), "examples": len(ranks)}
 
 
-def build_model(args: argparse.Namespace, *, val_users: list[int], callback: ValidationRanking):
+def build_model(args: argparse.Namespace, *, val_users: list[int], callback: ValidationRanking,
+                state: EpochState | None):
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     deterministic = True if args.device == "cpu" else "warn"  # some CUDA kernels (embedding bags) have no such mode
 
     def make_trainer() -> Trainer:
         stop = EarlyStopping(monitor=VAL_METRIC, mode="max", patience=args.patience)
         return Trainer(max_epochs=args.max_epochs, min_epochs=1, deterministic=deterministic, accelerator=accelerator,
-                       devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                       enable_model_summary=False, num_sanity_val_steps=0, callbacks=[callback, stop])
+                       devices=1, logger=False, enable_checkpointing=state is not None, enable_progress_bar=False,
+                       enable_model_summary=False, num_sanity_val_steps=0,
+                       callbacks=[callback, stop, *([state] if state else [])])
 
     blocks = (IdEmbeddingsItemNet,) if args.item_features == "none" else (IdEmbeddingsItemNet, CatFeaturesItemNet)
     common = dict(
@@ -292,10 +438,14 @@ def run(args: argparse.Namespace) -> dict:
                                     cat_item_features=feature_names, make_dense_item_features=False)
 
     seed_everything(args.seed, workers=True)
-    model = build_model(args, val_users=users.tolist(), callback=callback)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("output", "state_dir")}
+    state = EpochState(args.state_dir, settings=settings) if args.state_dir else None
+    model = build_model(args, val_users=users.tolist(), callback=callback, state=state)
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    if state:
+        state.start()
     model.fit(fit_dataset)
-    train_cpu, train_wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+    train_cpu, train_wall = state.train_seconds() if state else (cpu_seconds() - cpu0, time.perf_counter() - wall0)
     fitted = next(c for c in model.fit_trainer.callbacks if isinstance(c, ValidationRanking))
     model.lightning_model.load_state_dict(fitted.best_state)
 
@@ -332,6 +482,7 @@ def run(args: argparse.Namespace) -> dict:
         },
         "train_cpu_seconds": round(train_cpu, 2),
         "train_wall_seconds": round(train_wall, 2),
+        "resumed_after_epochs": state.resumed_after if state else [],
         "versions": {"rectools": rectools.__version__, "torch": torch.__version__,
                      "lightning": pytorch_lightning.__version__, "numpy": np.__version__},
     }
@@ -359,6 +510,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: for sweeping settings on a GPU machine; CPU-seconds are measured on cpu")
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write (atomically)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="resumable fit: the state after each epoch goes here, a restart continues from it; "
+                        "removed once --output is written")
     args = parser.parse_args(argv)
     if args.split == "cold_items":
         parser.error("cold_items is not run for RecTools peers: its transformers score only movies seen in "
@@ -380,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     write_json(args.output, result)
+    if args.state_dir:
+        shutil.rmtree(args.state_dir, ignore_errors=True)
     print(f"{result['model']} seed {args.seed}: validation NDCG@10 {result['validation']['ndcg@10']:.4f}, "
           f"test NDCG@10 {result['test']['ndcg@10']:.4f} (best epoch {result['best_epoch']} of "
           f"{result['epochs_run']}, {result['train_cpu_seconds']:.0f} CPU-s) -> {args.output}")
