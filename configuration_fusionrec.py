@@ -59,7 +59,8 @@ class FusionRecConfig(PretrainedConfig):
         use_content_features (`bool`): Use numeric, categorical and multi-valued movie features.
         use_text (`bool`): Use the frozen text encoder's token states, pooled by the Perceiver Resampler.
         movie_id_dropout (`float`): Probability of zeroing a movie's id embedding in training, so content learns to
-            carry the vector alone (the cold-start case).
+            carry the vector alone: the cold-start case and the long tail, whose ids are trained on few ratings
+            (0.5 rather than 0.2 lifted validation Recall@100 on movies with <= 30 ratings, head unchanged).
         count_gated_ids (`bool`): Scale each movie's id embedding by a learned gate of how often the movie was rated
             in training (`FusionModel.set_movie_counts`), so a head movie leans on its id and a rare or new one on
             its content: the better of the two per movie, not their average.
@@ -113,7 +114,7 @@ class FusionRecConfig(PretrainedConfig):
         use_id_embedding: bool = True,
         use_content_features: bool = True,
         use_text: bool = True,
-        movie_id_dropout: float = 0.2,
+        movie_id_dropout: float = 0.5,
         count_gated_ids: bool = True,
         user_id_dropout: float = 0.1,
         text_encoder_name_or_path: str = "google-t5/t5-small",
