@@ -272,8 +272,9 @@ def test_a_fusion_record_made_before_a_default_changed_is_not_resumed(monkeypatc
     assert jobs.fusion_config("fusion_full", "leave_one_out", 0, args) != before
     monkeypatch.undo()
     init = configuration_fusionrec.FusionRecConfig.__init__
+    other = configuration_fusionrec.FusionRecConfig().movie_id_dropout / 2
     monkeypatch.setattr(configuration_fusionrec.FusionRecConfig, "__init__",
-                        lambda self, **kwargs: init(self, **{"movie_id_dropout": 0.5, **kwargs}))
+                        lambda self, **kwargs: init(self, **{"movie_id_dropout": other, **kwargs}))
     assert jobs.fusion_config("fusion_full", "leave_one_out", 0, args) != before
 
 
