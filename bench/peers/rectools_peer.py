@@ -213,11 +213,8 @@ def tensors_and_rest(tree: dict) -> tuple[dict[str, torch.Tensor], dict]:
     for index, values in tree["state"].items():
         for name, value in values.items():
             key = f"{index}.{name}"
-            if isinstance(value, torch.Tensor):
-                tensors[key] = value.detach().clone().contiguous()
-            else:
-                rest[key] = value
-    return tensors, {"scalars": rest, "param_groups": tree["param_groups"]}
+            (tensors if isinstance(value, torch.Tensor) else rest)[key] = value
+    return plain(tensors), {"scalars": rest, "param_groups": tree["param_groups"]}
 
 
 def optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
