@@ -72,7 +72,7 @@ PEER_SCRIPT = BENCH / "peers" / "rectools_peer.py"
 DEFAULT_PEER_PYTHON = BENCH / "peers" / ".venv-rectools" / "bin" / "python"
 
 # Every peer's settings, in one place. The choice (n_factors 64 or 256, session_max_len 100 or 200) is made on
-# validation NDCG@10 and recorded with every run tried in bench/results/peer_tuning.json; RecTools' MovieLens recipe
+# validation NDCG@10; every setting tried is in bench/peers/README.md ("Settings sweep"); RecTools' MovieLens recipe
 # otherwise (softmax loss, 2 blocks, 4 heads, lr 1e-3, batch 128, dropout 0.2: rectools_peer.py's defaults).
 # --peer-patience and --peer-max-epochs override the last two columns (--quick: 2 epochs).
 PEER_SETTINGS = {
