@@ -263,14 +263,16 @@ def rmse_constant(data: BenchData, split: str) -> float:
     return float(np.sqrt(np.mean((test.target_ratings - value) ** 2)))
 
 
-def text_cache_line(timing: dict | None) -> str:
+def text_cache_line(timing: dict | None, *, built_now: bool) -> str:
+    """`built_now` tells a build timed by this invocation from one read back from the workdir's text_cache.json."""
     if timing is None:
         return "text cache: not needed (no text model run in this invocation)"
     head = (f"text cache (one-time per catalog, shared by every text run, in no model's training CPU-s): "
             f"{timing['texts']} movie texts, {timing['encoder']}, {timing['max_length']} tokens: ")
     if timing["texts_encoded"]:
+        when = "in this invocation" if built_now else "by an earlier invocation (recorded in the workdir's text_cache.json)"
         return head + (f"built {timing['texts_encoded']} in {timing['cpu_seconds']:.0f} CPU-s "
-                       f"({timing['wall_seconds']:.0f} s wall, {timing['torch_threads']} torch threads)")
+                       f"({timing['wall_seconds']:.0f} s wall, {timing['torch_threads']} torch threads) {when}")
     return head + (f"warm, loaded in {timing['cpu_seconds']:.1f} CPU-s; its build was not timed here "
                    "(leave --text-cache-dir out to build and time it in the workdir)")
 
@@ -383,12 +385,13 @@ def run(args, workdir: Path, output: Path, machine: dict, reused: dict, started:
 
     timing_path = workdir / "text_cache.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    built_now = False
     if any(job.model in ("fusion_content", "fusion_full") for job in pending):
         measured = build_text_cache_timed(data, args.text_cache_dir, text_tokens(args))
         if measured["texts_encoded"] or timing is None:
-            timing = measured
+            timing, built_now = measured, bool(measured["texts_encoded"])
             atomic_write_text(timing_path, json.dumps(timing) + "\n")
-    say(text_cache_line(timing))
+    say(text_cache_line(timing, built_now=built_now))
 
     for split in args.splits:
         for name in (m for m in BASELINES if m in args.models):
@@ -417,7 +420,7 @@ def run(args, workdir: Path, output: Path, machine: dict, reused: dict, started:
                  f"are in {output}" + (f" and {workdir / 'records'} (rerun with --workdir {workdir} to resume)"
                                        if args.workdir else ""))
 
-    lines = summary_lines(args, data, ordered, timing)
+    lines = summary_lines(args, data, ordered, timing, built_now=built_now)
     lines.append(f"total {(time.perf_counter() - started) / 60:.1f} min; wrote {output}")
     text = "\n".join(lines)
     say("\n" + text)
@@ -425,7 +428,7 @@ def run(args, workdir: Path, output: Path, machine: dict, reused: dict, started:
     return ordered
 
 
-def summary_lines(args, data: BenchData, records: list[dict], timing: dict | None) -> list[str]:
+def summary_lines(args, data: BenchData, records: list[dict], timing: dict | None, *, built_now: bool) -> list[str]:
     tail = None
     if "leave_one_out" in args.splits:
         tail = report.tail_mask(data.train_counts("leave_one_out"), data.examples("leave_one_out", "test").targets)
@@ -437,7 +440,7 @@ def summary_lines(args, data: BenchData, records: list[dict], timing: dict | Non
         report.test_table(records, context),
         "(rating reference: predicting the split's mean training rating gives test RMSE "
         + ", ".join(f"{split} {rmse_constant(data, split):.4f}" for split in args.splits) + ")",
-        text_cache_line(timing),
+        text_cache_line(timing, built_now=built_now),
         "",
     ]
     if tail is not None:

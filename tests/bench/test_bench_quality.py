@@ -295,3 +295,14 @@ def test_report_only_reports_the_finished_records_and_runs_no_child_job(sample_d
     with pytest.raises(SystemExit):
         bench_quality.main(["--report-only", "--models", "most_popular"])
     assert "--report-only reads the records of a --workdir" in capsys.readouterr().err
+
+
+def test_the_text_cache_line_tells_a_build_timed_now_from_one_read_back_from_the_workdir():
+    import bench_quality
+
+    timing = {"texts": 3, "encoder": "enc", "max_length": 32, "texts_encoded": 3, "cpu_seconds": 12.0,
+              "wall_seconds": 6.0, "torch_threads": 2}  # fmt: skip
+    assert bench_quality.text_cache_line(timing, built_now=True).endswith("built 3 in 12 CPU-s (6 s wall, 2 torch "
+                                                                          "threads) in this invocation")
+    assert "by an earlier invocation" in bench_quality.text_cache_line(timing, built_now=False)
+    assert "warm, loaded" in bench_quality.text_cache_line({**timing, "texts_encoded": 0}, built_now=False)
