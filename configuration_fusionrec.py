@@ -49,6 +49,10 @@ class FusionRecConfig(PretrainedConfig):
         numeric_feature_names (`list[str]`): Numeric movie features, in the order of the `numeric` input columns.
         numeric_feature_means (`list[float]`): Mean of each numeric feature, used to z-score it inside the model.
         numeric_feature_stds (`list[float]`): Standard deviation of each numeric feature (must be > 0).
+        post_release_feature_names (`list[str]`): The numeric features measured after a movie's release (votes,
+            popularity, revenue): a movie new to the system has none of them.
+        post_release_dropout (`float`): Probability of hiding a movie's post-release features (as missing) in
+            training, so the model learns to rank movies that have none yet: the cold-start case.
         categorical_vocab_sizes (`dict[str, int]`): Single-valued categorical features and their vocabulary sizes
             (index 0 is padding, 1 out-of-vocabulary).
         multi_valued_vocab_sizes (`dict[str, int]`): Multi-valued ("bag") features and their vocabulary sizes.
@@ -106,6 +110,8 @@ class FusionRecConfig(PretrainedConfig):
         numeric_feature_names: list[str] | None = None,
         numeric_feature_means: list[float] | None = None,
         numeric_feature_stds: list[float] | None = None,
+        post_release_feature_names: list[str] | None = None,
+        post_release_dropout: float = 0.0,
         categorical_vocab_sizes: dict[str, int] | None = None,
         multi_valued_vocab_sizes: dict[str, int] | None = None,
         multi_valued_max_lengths: dict[str, int] | None = None,
@@ -148,6 +154,8 @@ class FusionRecConfig(PretrainedConfig):
         self.numeric_feature_names = list(numeric_feature_names or [])
         self.numeric_feature_means = [float(v) for v in (numeric_feature_means or [0.0] * len(self.numeric_feature_names))]
         self.numeric_feature_stds = [float(v) for v in (numeric_feature_stds or [1.0] * len(self.numeric_feature_names))]
+        self.post_release_feature_names = list(post_release_feature_names or [])
+        self.post_release_dropout = post_release_dropout
         # Sorted: config.json is written with sorted keys, and the movie tower concatenates features in this order.
         self.categorical_vocab_sizes = dict(sorted((categorical_vocab_sizes or {}).items()))
         self.multi_valued_vocab_sizes = dict(sorted((multi_valued_vocab_sizes or {}).items()))
@@ -261,7 +269,11 @@ class FusionRecConfig(PretrainedConfig):
                 "FusionRecConfig.multi_valued_vocab_sizes and multi_valued_max_lengths must name the same features, got "
                 f"{sorted(self.multi_valued_vocab_sizes)} and {sorted(self.multi_valued_max_lengths)}."
             )
-        for name in ("movie_id_dropout", "user_id_dropout", "dropout"):
+        unknown = sorted(set(self.post_release_feature_names) - set(self.numeric_feature_names))
+        if unknown:
+            raise ValueError(f"FusionRecConfig.post_release_feature_names {unknown} are not numeric features "
+                             f"({self.numeric_feature_names}).")
+        for name in ("movie_id_dropout", "user_id_dropout", "post_release_dropout", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"FusionRecConfig.{name} must be in [0, 1), got {getattr(self, name)!r}.")
         if not (self.use_id_embedding or self.use_content_features or self.use_text):
@@ -290,6 +302,7 @@ class FusionRecConfig(PretrainedConfig):
                 "numeric_feature_names": list(numeric["names"]),
                 "numeric_feature_means": [float(v) for v in numeric["mean"]],
                 "numeric_feature_stds": [max(float(v), 1e-6) for v in numeric["std"]],
+                "post_release_feature_names": list(numeric.get("post_release", [])),
                 "categorical_vocab_sizes": {
                     name: len(spec["vocab"]) for name, spec in feature_spec["categorical_features"].items()
                 },

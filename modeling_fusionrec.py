@@ -275,6 +275,11 @@ class MovieTower(nn.Module):
         mean = numeric.new_tensor(self.config.numeric_feature_means)
         std = numeric.new_tensor(self.config.numeric_feature_stds)
         missing = torch.isnan(numeric)
+        if self.training and self.config.post_release_dropout > 0:
+            names = self.config.numeric_feature_names
+            post_release = torch.tensor([n in self.config.post_release_feature_names for n in names], device=numeric.device)
+            hidden = torch.rand(*numeric.shape[:-1], 1, device=numeric.device) < self.config.post_release_dropout
+            missing = missing | (hidden & post_release)
         values = torch.where(missing, 0.0, (numeric - mean) / std).clamp(-10.0, 10.0)
         return self.numeric_projection(torch.cat((values, missing.to(values.dtype)), dim=-1))
 

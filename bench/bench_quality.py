@@ -428,11 +428,27 @@ def run(args, workdir: Path, output: Path, machine: dict, reused: dict, started:
     return ordered
 
 
+def test_users(examples) -> np.ndarray:
+    """Each example's user: the bootstrap's clusters (cold_items has several test events per user)."""
+    return examples.rows.scalars["user_index"][examples.example_rows]
+
+
+def previous_timestamps(examples) -> np.ndarray:
+    """The time of the event right before each example's target in its user's row (its validation event under
+    leave_one_out, whose test target is never a row's first event)."""
+    flat = examples.rows.offsets[examples.example_rows] + examples.positions - 1
+    return examples.rows.flat["timestamp"][flat]
+
+
 def summary_lines(args, data: BenchData, records: list[dict], timing: dict | None, *, built_now: bool) -> list[str]:
-    tail = None
+    tail = tied = None
     if "leave_one_out" in args.splits:
-        tail = report.tail_mask(data.train_counts("leave_one_out"), data.examples("leave_one_out", "test").targets)
-    context = report.Context(splits=tuple(args.splits), tail=tail, num_cold_candidates=int(data.cold.sum()))
+        test = data.examples("leave_one_out", "test")
+        tail = report.tail_mask(data.train_counts("leave_one_out"), test.targets)
+        tied = report.tied_with_previous(test.target_timestamps, previous_timestamps(test))
+    users = {split: test_users(data.examples(split, "test")) for split in args.splits}
+    context = report.Context(splits=tuple(args.splits), tail=tail, num_cold_candidates=int(data.cold.sum()),
+                             tied=tied, users=users)
     lines = [
         f"test metrics, mean ± half min-max range over seeds {args.seeds} (full ranking, every movie rated before "
         f"the target excluded; cold_items ranks among the {context.num_cold_candidates} cold movies); train CPU-s: "
@@ -444,7 +460,7 @@ def summary_lines(args, data: BenchData, records: list[dict], timing: dict | Non
         "",
     ]
     if tail is not None:
-        lines += [report.head_tail_table(records, tail), ""]
+        lines += [report.head_tail_table(records, tail), "", report.ties_table(records, tied), ""]
     return lines + report.target_lines(records, context)
 
 

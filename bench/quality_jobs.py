@@ -83,6 +83,7 @@ PEER_SETTINGS = {
     "rectools_sasrec_cat": {"model": "sasrec", "item_features": "cat", "n_factors": 64, "session_max_len": 200,
                             "patience": 20, "max_epochs": 200},
 }
+PEER_FIT = "every training event: histories longer than session_max_len + 1 as consecutive pseudo-user chunks"
 MODELS = (*BASELINES, *FUSION_VARIANTS, *PEER_SETTINGS)  # what --models offers (TARGET_TIME comes with fusion_full)
 
 
@@ -390,7 +391,7 @@ def baseline_records(name: str, split: str, seeds: list[int], data: BenchData, a
 TRAINING_OPTIONS = {  # bench_quality.py options passed on, under the same names, to train_accelerate.py when given
     "eval_steps": int, "patience": int, "batch_size": int, "learning_rate": float, "hidden_size": int,
     "max_history_length": int, "text_max_length": int, "perceiver_depth": int, "perceiver_head_dim": int,
-    "num_negatives": int,
+    "num_negatives": int, "post_release_dropout": float,
 }
 
 
@@ -470,13 +471,16 @@ def run_fusion_job(model: str, split: str, seed: int, args, data: BenchData, wor
     if "--no-text" not in settings:
         data.attach_text(args.text_cache_dir, net.config.text_max_length)
     test = data.examples(split, "test")
-    vectors = catalog_vectors(net, data.catalog)
+    vectors = catalog_vectors(net, data.catalog.for_split(split))
     metrics, ranks = score_fusion(net, data, test, vectors)
     evaluations = [h for h in summary["history"] if "ndcg@10" in h]
     best = next((h for h in evaluations if h["step"] == summary["best_step"]), {})
+    new_movies = catalog_vectors(net, data.catalog.without_post_release(torch.ones(len(data.catalog), dtype=torch.bool)))
+    as_if_new, _ = score_fusion(net, data, data.examples(split, "validation"), new_movies)
     record = {
         "model": model, "split": split, "seed": seed, "metrics": metrics, "test_target_ranks": ranks,
-        "validation": {k: v for k, v in best.items() if k not in ("step", "cpu_seconds")},
+        "validation": {**{k: v for k, v in best.items() if k not in ("step", "cpu_seconds")},
+                       "ndcg@10_no_post_release": as_if_new["ndcg@10"]},
         "validation_curve": [[round(h["cpu_seconds"], 2), round(h["ndcg@10"], 6)] for h in evaluations],
         "train_cpu_seconds": round(summary["cpu_seconds"], 2),
         "train_wall_seconds": round(summary["wall_seconds"], 2),
@@ -487,6 +491,9 @@ def run_fusion_job(model: str, split: str, seed: int, args, data: BenchData, wor
         "job": fusion_config(model, split, seed, args),
         "machine": machine,
     }
+    if split == "cold_items" and "--no-content-features" not in settings:  # labelled beside T3, never part of it
+        snapshot, snapshot_ranks = score_fusion(net, data, test, catalog_vectors(net, data.catalog))
+        record["with_post_release"] = {"metrics": snapshot, "test_target_ranks": snapshot_ranks}
     records = [record]
     if model == "fusion_full":
         at_target, at_target_ranks = score_fusion(net, data, test, vectors, query_at_target=True)
@@ -515,7 +522,8 @@ def peer_settings(name: str, args) -> dict:
 
 
 def peer_config(name: str, split: str, seed: int, args) -> dict:
-    return {"model": name, "split": split, "seed": seed, "rank_depth": RANK_DEPTH, "settings": peer_settings(name, args)}
+    return {"model": name, "split": split, "seed": seed, "rank_depth": RANK_DEPTH, "settings": peer_settings(name, args),
+            "fit": PEER_FIT}
 
 
 def peer_job(name: str, split: str, seed: int, args, workdir: Path, data: BenchData, machine: dict) -> Job:
@@ -557,6 +565,16 @@ def check_same_targets(peer_examples: list, examples: EvaluationExamples, name: 
     )
 
 
+def check_fed_everything(data: dict, name: str) -> None:
+    """PROTOCOL: a peer learns from every training event and every training movie; a fit that saw fewer (RecTools
+    keeps each user's last session_max_len + 1 events unless the history is cut into chunks) is not comparable."""
+    for what in ("events", "movies"):
+        seen, total = data.get(f"training_{what}_in_fit"), data.get(f"training_{what}")
+        if seen is None or seen != total:
+            raise PeerMismatch(f"{name}: its fit saw {seen} of the {total} training {what}; a peer must learn from "
+                               "all of them (bench/peers/rectools_peer.py fits long histories as consecutive chunks)")
+
+
 def ranks_from_peer(ranks: list[int], *, base: int, depth: int = RANK_DEPTH) -> list[int]:
     """A peer's `base`-based ranks (-1: missed) as our 0-based ranks, -1 beyond `depth`."""
     ranks = np.asarray(ranks, dtype=np.int64)
@@ -571,6 +589,7 @@ def peer_record(peer: dict, *, name: str, examples: EvaluationExamples, num_movi
     """A peer's JSON (bench/peers/README.md) as our record: the same test targets checked, ranks 0-based to
     RANK_DEPTH, metrics computed with our metric code from its top-20 lists and ranks."""
     check_same_targets(peer["test_examples"], examples, name)
+    check_fed_everything(peer["data"], name)
     ranks = ranks_from_peer(peer["test_target_ranks"], base=peer["rank_base"])
     top = pad_ranked_lists([np.asarray(row, dtype=np.int64) for row in peer["test_top20"]])
     if top.shape[1] < max(K_VALUES):

@@ -152,14 +152,17 @@ class Session:
     user_ids: np.ndarray = field(repr=False)
     batch_size: int = 512
     show_progress: bool = False
-    _movie_vectors: torch.Tensor | None = field(default=None, repr=False)
+    _movie_vectors: dict[str | None, torch.Tensor] = field(default_factory=dict, repr=False)
 
-    def movie_vectors(self) -> torch.Tensor:
-        if self._movie_vectors is None:
-            self._movie_vectors = catalog_vectors(
-                self.model, self.catalog, batch_size=self.batch_size, show_progress=self.show_progress
+    def movie_vectors(self, split: str | None = None) -> torch.Tensor:
+        """Every movie's vector as `split` sees the catalog (MovieCatalog.for_split), computed once per view."""
+        catalog = self.catalog if split is None else self.catalog.for_split(split)
+        view = None if catalog is self.catalog else split
+        if view not in self._movie_vectors:
+            self._movie_vectors[view] = catalog_vectors(
+                self.model, catalog, batch_size=self.batch_size, show_progress=self.show_progress
             )
-        return self._movie_vectors
+        return self._movie_vectors[view]
 
     def sequence(self, row: int) -> UserSequence:
         data = self.rows[row]

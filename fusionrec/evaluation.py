@@ -302,12 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model, args.dataset, device=args.device, cache_dir=args.cache_dir,
             batch_size=max(args.batch_size, 512), show_progress=not args.no_progress,
         )
-        results = evaluate_splits(
-            session.model, session.rows, cold_items=session.catalog.cold_item.numpy(),
-            movie_vectors=session.movie_vectors(), splits=args.split, stage=args.stage, k_values=args.k, index=args.index,
-            faiss_factory=args.faiss_factory, faiss_params=args.faiss_params, batch_size=args.batch_size,
-            metrics_backend=args.metrics_backend, recall_sample=args.recall_sample, show_progress=not args.no_progress,
-        )
+        results = {}
+        for split in args.split:  # each split ranks the catalog as it may see it (MovieCatalog.for_split)
+            results |= evaluate_splits(
+                session.model, session.rows, cold_items=session.catalog.cold_item.numpy(),
+                movie_vectors=session.movie_vectors(split), splits=[split], stage=args.stage, k_values=args.k,
+                index=args.index, faiss_factory=args.faiss_factory, faiss_params=args.faiss_params,
+                batch_size=args.batch_size, metrics_backend=args.metrics_backend, recall_sample=args.recall_sample,
+                show_progress=not args.no_progress,
+            )
         report = {
             "model": str(args.model),
             "dataset": str(args.dataset),

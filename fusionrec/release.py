@@ -490,7 +490,7 @@ def release(args, *, hub_api=None, say=print) -> int:
     check_text_encoder(model.config, args.text_encoder_id)
     session = open_session(model, dataset_dir, device=args.device, cache_dir=args.cache_dir)
     say(f"evaluating {model_dir} on the {split} test events ({len(session.catalog):,} movies)")
-    vectors = session.movie_vectors()
+    vectors = session.movie_vectors(split)
     metrics = evaluate_splits(
         model, session.rows, cold_items=session.catalog.cold_item.numpy(), movie_vectors=vectors, splits=[split],
         k_values=K_VALUES,

@@ -118,6 +118,49 @@ def events(sequences: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def chunk_ranges(length: int, *, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of consecutive chunks of at most `chunk` events over `length` events, newest first,
+    each sharing its first event with the end of the one before: every event after the first is a next-event
+    target in exactly one chunk (SASRec), and every event is in some chunk of at least two (BERT4Rec)."""
+    return [(max(0, stop - chunk), stop) for stop in range(length, 1, -(chunk - 1))]
+
+
+def pseudo_user_chunks(train: pd.DataFrame, *, chunk: int, first_pseudo_user: int) -> pd.DataFrame:
+    """Every training event reaches the fit: RecTools fits on each user's last `chunk` events only, so a longer
+    history is cut into chunk_ranges, each fitted as its own (pseudo-)user. The newest chunk keeps the real user id
+    (the one validation and scoring read); older chunks get fresh ids from `first_pseudo_user` on."""
+    parts, next_id = [], first_pseudo_user
+    for _, rows in train.groupby(Columns.User, sort=False):
+        for age, (start, stop) in enumerate(chunk_ranges(len(rows), chunk=chunk)):
+            part = rows.iloc[start:stop].assign(real_user=rows[Columns.User].iloc[0])
+            if age:
+                part[Columns.User], next_id = next_id, next_id + 1
+            parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def fit_coverage(fitted: Dataset, chunks: pd.DataFrame, train: pd.DataFrame) -> dict:
+    """What reached the fit, read back from RecTools' own training dataset (after its filtering): its rows, the
+    distinct training events they hold, and the training movies among its items; beside the training split's."""
+    rows = fitted.interactions.df
+    rows = pd.DataFrame({
+        Columns.User: fitted.user_id_map.convert_to_external(rows[Columns.User].to_numpy()),
+        Columns.Item: fitted.item_id_map.convert_to_external(rows[Columns.Item].to_numpy()),
+        Columns.Datetime: rows[Columns.Datetime].to_numpy(),
+    })
+    reached = rows.merge(chunks, on=[Columns.User, Columns.Item, Columns.Datetime], how="inner")
+    fitted_items = set(rows[Columns.Item].tolist())
+    training_movies = train[Columns.Item].unique()
+    return {
+        "training_events": int(len(train)),
+        "training_events_in_fit": int(len(reached[["real_user", "position"]].drop_duplicates())),
+        "training_movies": int(len(training_movies)),
+        "training_movies_in_fit": int(sum(m in fitted_items for m in training_movies.tolist())),
+        "fit_rows": int(len(rows)),
+        "pseudo_users": int(chunks[Columns.User].nunique() - train[Columns.User].nunique()),
+    }
+
+
 def targets_at(sequences: pd.DataFrame, column: str) -> np.ndarray:
     """Each row's movie at the position named by `column`."""
     return np.array([m[p] for m, p in zip(sequences["movie_index"], sequences[column], strict=True)], np.int64)
@@ -428,10 +471,13 @@ def run(args: argparse.Namespace) -> dict:
     histories = {int(u): g.to_numpy() for u, g in train.groupby(Columns.User)[Columns.Item]}
     callback = ValidationRanking(histories=histories, targets=dict(zip(users.tolist(), valid_targets.tolist(), strict=True)))
 
+    chunk = args.session_max_len + (1 if args.model == "sasrec" else 0)  # RecTools' train_session_max_len_addition
+    chunks = pseudo_user_chunks(train, chunk=chunk, first_pseudo_user=int(frame[Columns.User].max()) + 1)
+    fit_frame = pd.concat([chunks, frame[is_valid]], ignore_index=True)
     features, feature_names = None, []
     if args.item_features == "cat":
-        features, feature_names = item_features(args.dataset, frame[Columns.Item].unique())
-    fit_dataset = Dataset.construct(frame[list(Columns.Interactions)], item_features_df=features,
+        features, feature_names = item_features(args.dataset, fit_frame[Columns.Item].unique())
+    fit_dataset = Dataset.construct(fit_frame[list(Columns.Interactions)], item_features_df=features,
                                     cat_item_features=feature_names, make_dense_item_features=False)
 
     seed_everything(args.seed, workers=True)
@@ -447,6 +493,7 @@ def run(args: argparse.Namespace) -> dict:
     model.lightning_model.load_state_dict(fitted.best_state)
 
     known = set(model.data_preparator.get_known_item_ids().tolist())
+    reached = fit_coverage(model.data_preparator.train_dataset, chunks, train)
     valid_ranks, _, _ = rank_targets(model, train, users, valid_targets)
     test_ranks, test_top, reco = rank_targets(model, frame, users, test_targets)
     return {
@@ -473,7 +520,7 @@ def run(args: argparse.Namespace) -> dict:
         "validation_target_ranks": valid_ranks,
         "rank_base": 1,
         "data": {
-            "rows_skipped": skipped, "training_events": int(len(train)), "catalog_movies_known_to_peer": len(known),
+            "rows_skipped": skipped, **reached, "catalog_movies_known_to_peer": len(known),
             "test_targets_unknown_to_peer": int(sum(t not in known for t in test_targets.tolist())),
             "validation_targets_unknown_to_peer": int(sum(t not in known for t in valid_targets.tolist())),
         },

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +43,7 @@ class MovieCatalog:
     num_ratings: torch.Tensor
     text_states: torch.Tensor | None = None
     text_lengths: torch.Tensor | None = None
+    post_release_columns: torch.Tensor | None = None  # bool per numeric column: measured after release
     movie_ids: list[int | None] | None = None  # MovieLens movieId, TMDB and IMDb ids and display genres: what a
     tmdb_ids: list[int | None] | None = None  # released model's catalog shows (release_catalog)
     imdb_ids: list[str | None] | None = None
@@ -50,6 +51,20 @@ class MovieCatalog:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def for_split(self, split: str) -> MovieCatalog:
+        """The catalog as a split may see it. cold_items stands for movies new to the system, which have no votes,
+        popularity or revenue yet: a held-out movie's post-release features are missing wherever the model sees it
+        (PROTOCOL, "Information known at the time"). Other splits see the catalog as it is."""
+        return self.without_post_release(self.cold_item) if split == "cold_items" else self
+
+    def without_post_release(self, movies: torch.Tensor) -> MovieCatalog:
+        """A copy in which the `movies` (a bool mask) have no post-release features (missing, as for a new movie)."""
+        if self.post_release_columns is None or not (self.post_release_columns.any() and movies.any()):
+            return self
+        numeric = self.numeric.clone()
+        numeric[movies[:, None] & self.post_release_columns[None, :]] = float("nan")
+        return replace(self, numeric=numeric)
 
     def release_catalog(self, *, vectors: torch.Tensor | None = None, last_rating_time: int | None = None):
         """The movies as a released model carries them (modeling_fusionrec.FusionCatalog): ids, titles, years,
@@ -92,6 +107,10 @@ class MovieCatalog:
             years=table["year"].to_pylist(),
             cold_item=torch.from_numpy(table["cold_item"].to_numpy(zero_copy_only=False).astype(bool)),
             num_ratings=torch.from_numpy(table["num_ratings"].to_numpy().astype(np.int64)),
+            post_release_columns=torch.tensor(
+                [name in spec["numeric_features"].get("post_release", ()) for name in spec["numeric_features"]["names"]],
+                dtype=torch.bool,
+            ),
             **{
                 field: table[column].to_pylist() if column in table.column_names else None
                 for field, column in (("movie_ids", "movie_id"), ("tmdb_ids", "tmdb_id"), ("imdb_ids", "imdb_id"),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fusionrec.data.records import POST_RELEASE_FEATURES
 from fusionrec.errors import DatasetError, first_line
 from fusionrec.io import WRITE_ERRNOS, write_error
 
@@ -30,6 +31,8 @@ def load_feature_spec(dataset_dir: str | os.PathLike) -> dict:
     missing = [key for key in SPEC_FIELDS if not isinstance(spec, dict) or key not in spec]
     if missing:
         raise DatasetError(f"{path}: no {missing[0]!r} field; re-run prepare_dataset.py for this folder.")
+    numeric = spec["numeric_features"]  # folders prepared before features were marked by when they are known
+    numeric.setdefault("post_release", [name for name in numeric.get("names", []) if name in POST_RELEASE_FEATURES])
     return spec
 
 

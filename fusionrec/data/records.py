@@ -29,6 +29,9 @@ NUMERIC_TRANSFORMS = {
     "log_vote_count": "log1p(vote_count)",
     "year": "release year",
 }
+# Behaviour measured after release (PROTOCOL, "Information known at the time"): the TMDB snapshot postdates the
+# ratings, and a movie new to the system has none of these. The rest are known before release (content).
+POST_RELEASE_FEATURES = ["log_revenue", "popularity", "vote_average", "log_vote_count"]
 CATEGORICAL_FEATURES = ["adult", "status", "collection", "original_language", "year_bucket"]
 MULTI_VALUED_FEATURES = [
     "genres",

@@ -21,6 +21,7 @@ from fusionrec.data.records import (
     MULTI_VALUED_FEATURES,
     NUMERIC_FEATURES,
     NUMERIC_TRANSFORMS,
+    POST_RELEASE_FEATURES,
     MovieRecord,
 )
 from fusionrec.data.splits import Interactions, first_position_after, leave_one_out_positions
@@ -208,6 +209,7 @@ def numeric_statistics(numeric: np.ndarray) -> dict[str, Any]:
         "std": stds,
         "transforms": dict(NUMERIC_TRANSFORMS),
         "missing": dict(zip(NUMERIC_FEATURES, missing, strict=True)),
+        "post_release": [name for name in NUMERIC_FEATURES if name in POST_RELEASE_FEATURES],
     }
 
 

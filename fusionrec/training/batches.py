@@ -96,6 +96,7 @@ def load_training_data(args, config, accelerator) -> TrainingData:
         )
         _, sequences = load_tables(args.dataset)
     rows = read_sequences(sequences)
+    catalog = catalog.for_split(args.split)
     cold = catalog.cold_item.numpy()
     train = training_part(rows, args.split, cold).nonempty()
     windows = training_windows(train, window=config.max_history_length)

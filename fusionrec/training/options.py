@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-content-features, does better with 0.2)",
     )
     model.add_argument(
+        "--post-release-dropout", type=float, default=None,
+        help="probability of hiding a movie's votes, popularity and revenue in training, so the model also ranks "
+        "movies that have none yet (config: 0)",
+    )
+    model.add_argument(
         "--user-id-dropout", type=float, default=None, help="probability of hiding the user's id in training (config: 0.1)"
     )
     model.add_argument("--learn-temperature", action="store_true", help="learn the temperature, starting at --temperature")
@@ -233,7 +238,8 @@ def build_config(args, spec: dict):
         overrides["rating_loss_weight"] = args.rating_loss_weight
     if args.temperature is not None:
         overrides["retrieval_temperature"] = args.temperature
-    for name in ("dropout", "movie_id_dropout", "user_id_dropout", "perceiver_depth", "perceiver_head_dim"):
+    for name in ("dropout", "movie_id_dropout", "post_release_dropout", "user_id_dropout", "perceiver_depth",
+                 "perceiver_head_dim"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.learn_temperature:

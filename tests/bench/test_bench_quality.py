@@ -1,6 +1,7 @@
-"""The quality benchmark's pieces that decide its numbers: target ranks and per-example metrics, the paired bootstrap,
+"""The quality benchmark's pieces that decide its numbers: target ranks and per-example metrics, the bootstrap,
 a peer's output as our record (rank base, depth, our metric code, the same-targets check), the head/tail split by
-training counts, resuming finished records, and the targets' arithmetic (T1, T2 time to quality, T4)."""
+training counts, resuming finished records, ties, and the targets' arithmetic (T1 on untied targets, T2 time to
+quality, T3 without post-release data, T4)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
+import bench_quality  # noqa: E402
 import quality_jobs as jobs  # noqa: E402
 import quality_report as report  # noqa: E402
 
@@ -46,17 +48,47 @@ def test_depth_metrics_from_ranks_match_the_metric_module_on_deep_lists():
     assert got["ndcg@100"] == pytest.approx(expected["ndcg@100"])
 
 
-def test_paired_bootstrap_interval_covers_the_ratio_and_shrinks_with_more_examples():
+def test_bootstrap_interval_covers_the_ratio_and_shrinks_with_more_users():
     rng = np.random.default_rng(0)
     base = rng.random(200)
-    low, high = report.paired_bootstrap_ratio(2 * base, base, samples=500)
+    low, high = report.bootstrap_ratio(2 * base, base, samples=500)
     assert low == pytest.approx(2.0) and high == pytest.approx(2.0)  # paired: a constant ratio has no spread
     noisy = base + rng.normal(0, 0.3, 200)
-    low, high = report.paired_bootstrap_ratio(noisy, base, samples=2000)
+    low, high = report.bootstrap_ratio(noisy, base, samples=2000)
     assert low < noisy.mean() / base.mean() < high and high - low > 0.05
     big = rng.random(20_000)
-    big_low, big_high = report.paired_bootstrap_ratio(big + rng.normal(0, 0.3, 20_000), big, samples=200)
+    big_low, big_high = report.bootstrap_ratio(big + rng.normal(0, 0.3, 20_000), big, samples=200)
     assert big_high - big_low < (high - low) / 4
+
+
+def test_bootstrap_interval_carries_the_seed_spread():
+    rng = np.random.default_rng(1)
+    base = rng.random(2_000) + 0.5
+    one_seed = report.bootstrap_ratio(np.stack([1.2 * base]), np.stack([base]), samples=1000)
+    assert one_seed == pytest.approx((1.2, 1.2))
+    seeds = np.stack([1.0 * base, 1.4 * base])  # the same users, two seeds far apart: the mean 1.2 is uncertain
+    low, high = report.bootstrap_ratio(seeds, np.stack([base]), samples=1000)
+    assert low == pytest.approx(1.0) and high == pytest.approx(1.4)
+
+
+def test_bootstrap_resamples_a_users_events_together():
+    rng = np.random.default_rng(2)
+    users = np.repeat(np.arange(40), 50)  # 40 users with 50 events each; the gain is the user's, not the event's
+    theirs = 1.0 + rng.random(2_000)
+    ours = theirs * (1.0 + np.repeat(rng.normal(0, 0.3, 40), 50))
+    low, high = report.bootstrap_ratio(ours, theirs, samples=2000)
+    clustered_low, clustered_high = report.bootstrap_ratio(ours, theirs, clusters=users, samples=2000)
+    assert clustered_low < ours.mean() / theirs.mean() < clustered_high
+    assert clustered_high - clustered_low > 3 * (high - low)  # 40 independent draws, not 2,000
+
+
+def test_a_target_is_tied_when_it_shares_its_second_with_the_event_before_it():
+    rows = [loo_row(7, [1, 2, 3]), loo_row(2, [4, 5, 6, 7])]
+    rows[1]["timestamp"] = np.array([0, 5, 9, 9])  # user 2's test event in the same second as its validation event
+    examples = evaluation_examples(rows, "leave_one_out", "test", np.zeros(10, dtype=bool))
+    previous = bench_quality.previous_timestamps(examples)
+    assert previous.tolist() == [1, 9]
+    assert report.tied_with_previous(examples.target_timestamps, previous).tolist() == [False, True]
 
 
 # ----- peers -----
@@ -77,7 +109,8 @@ def peer_output(pairs, tops, ranks) -> dict:
         "epochs_run": 3, "validation_curve_ndcg@10": [0.01, 0.03, 0.02],
         "validation_curve_cpu_seconds": [10.0, 20.0, 30.0], "validation": {"callback_ndcg@10": 0.03},
         "test_rectools_metrics": {}, "test_examples": [list(p) for p in pairs], "test_target_ranks": ranks,
-        "test_top20": tops, "validation_target_ranks": [1, -1, 3], "rank_base": 1, "data": {},
+        "test_top20": tops, "validation_target_ranks": [1, -1, 3], "rank_base": 1,
+        "data": {"training_events": 9, "training_events_in_fit": 9, "training_movies": 5, "training_movies_in_fit": 5},
         "train_cpu_seconds": 35.0, "train_wall_seconds": 40.0, "versions": {},
     }
 
@@ -189,16 +222,47 @@ def test_head_tail_table_and_t4_pick_the_best_peer_per_slice():
     assert "tail share 50.0%" in table and "rectools_bert4rec" in table
 
 
-def test_t1_compares_fusion_full_with_the_best_peer_by_test_ndcg():
+def test_t1_compares_fusion_full_with_the_best_peer_on_all_and_on_untied_targets():
     records = [record("fusion_full", s, [0, 0, 3, -1]) for s in (0, 1)]
     records += [record("rectools_sasrec", s, [0, 1, 3, -1]) for s in (0, 1)]
     records += [record("rectools_bert4rec", 0, [1, -1, -1, -1]), record("ease", 0, [-1, -1, -1, 0])]
-    lines = report.target_t1(records)
-    assert "best peer rectools_sasrec" in lines[0] and lines[0].endswith("PASS")
+    context = report.Context(splits=("leave_one_out",), tail=None, tied=np.array([False, True, False, False]))
+    lines = report.target_t1(records, context)
+    assert "(rectools_sasrec, " in lines[0] and lines[0].endswith("FAIL")  # the lead is all on the tied target
     sasrec = (1 + 1 / np.log2(3) + 1 / np.log2(5)) / 4
     full = (2 + 1 / np.log2(5)) / 4
-    assert f"x{full / sasrec:.2f}" in lines[0]
-    assert any("fusion_full vs ease" in line for line in lines[1:])
+    assert lines[1].startswith("    all:") and f"x{full / sasrec:.2f}" in lines[1] and lines[1].endswith("PASS")
+    assert lines[2].startswith("    untied (3 users):") and "-> x1.00" in lines[2] and lines[2].endswith("FAIL")
+    assert lines[3].startswith("    tied (1 users):") and lines[3].endswith("(for information)")
+    assert any("fusion_full vs ease" in line for line in lines[4:])
+    context = report.Context(splits=("leave_one_out",), tail=None, tied=np.array([True, False, False, False]))
+    assert report.target_t1(records, context)[0].endswith("PASS")  # now the untied targets carry the lead
+    table = report.ties_table(records, context.tied)
+    assert "1 of 4 test targets" in table and "rectools_bert4rec" in table
+
+
+def test_t3_is_without_post_release_data_and_labels_what_uses_it():
+    cold = dict(split="cold_items")
+    records = [record("fusion_full", 0, [0, 2, 5, -1], **cold), record("most_popular", 0, [-1, 9, -1, -1], **cold),
+               record("most_voted_tmdb", 0, [0, 0, 1, 1], **cold)]
+    records[0]["with_post_release"] = {"test_target_ranks": [0, 0, 0, 1]}
+    context = report.Context(splits=("cold_items",), tail=None, num_cold_candidates=40, users={"cold_items": np.array([1, 1, 2, 3])})
+    lines = report.target_t3(records, context)
+    assert "without post-release features" in lines[0] and "most_popular" in lines[0] and lines[0].endswith("PASS")
+    labelled = [line for line in lines if report.POST_RELEASE_LABEL in line]
+    assert len(labelled) == 2 and any("most_voted_tmdb" in line for line in labelled)
+    snapshot = next(line for line in labelled if "most_voted" not in line)
+    assert f"{(3 + 1 / np.log2(3)) / 4:.4f}" in snapshot
+
+
+def test_a_peer_that_missed_training_events_or_movies_stops_the_benchmark():
+    jobs.check_fed_everything({"training_events": 10, "training_events_in_fit": 10, "training_movies": 4,
+                               "training_movies_in_fit": 4}, "p")
+    with pytest.raises(jobs.PeerMismatch, match="saw 6 of the 10 training events"):
+        jobs.check_fed_everything({"training_events": 10, "training_events_in_fit": 6, "training_movies": 4,
+                                   "training_movies_in_fit": 4}, "p")
+    with pytest.raises(jobs.PeerMismatch, match="saw None of the None training events"):
+        jobs.check_fed_everything({}, "p")  # a peer that does not say what it saw
 
 
 # ----- T2: time to quality -----
