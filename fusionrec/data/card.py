@@ -112,7 +112,9 @@ def dataset_card(spec: dict[str, Any], license_id: str, license_note: str) -> st
         f"`numpy.random.default_rng({splits['cold_items']['seed']}).choice(eligible, k, replace=False)` from the "
         f"movies with >= {splits['cold_items']['min_interactions']} ratings (ascending movie_index). Their ratings "
         "are removed from every training history; a test event is (the user's history before that rating, "
-        "without cold movies) -> the cold movie, ranked among the cold movies only.",
+        "without cold movies) -> the cold movie, ranked among the cold movies only. A cold movie stands for a new "
+        "one: its post-release features (" + ", ".join(f"`{n}`" for n in spec["numeric_features"].get("post_release", []))
+        + ": the TMDB snapshot was taken after the ratings) are treated as missing wherever a model sees it.",
         "",
         "## Skipped input",
         "",

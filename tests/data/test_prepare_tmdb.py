@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import torch
 from prepared_files import folder_bytes, read_movies, read_sequences, write_dirty_kaggle
 
 from fusionrec.data.prepare import main, prepare
@@ -132,6 +133,7 @@ def test_sample_feature_spec_and_schema(sample_prepared):
     assert spec["numeric_features"]["names"] == NUMERIC_FEATURES
     assert len(spec["numeric_features"]["mean"]) == len(spec["numeric_features"]["std"]) == 7
     assert all(s > 0 for s in spec["numeric_features"]["std"])
+    assert spec["numeric_features"]["post_release"] == ["log_revenue", "popularity", "vote_average", "log_vote_count"]
     assert set(spec["categorical_features"]) == set(CATEGORICAL_FEATURES)
     assert set(spec["multi_valued_features"]) == set(MULTI_VALUED_FEATURES)
     for feat in [*spec["categorical_features"].values(), *spec["multi_valued_features"].values()]:
@@ -250,3 +252,24 @@ def test_missing_column_stops_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "'rating'" in err[-1]
     assert not any(line.startswith("Traceback") for line in err)
+
+
+def test_cold_items_sees_no_post_release_features_of_held_out_movies(sample_prepared):
+    """PROTOCOL: a held-out movie stands for a new one, which has no votes, popularity or revenue yet."""
+    from fusionrec.data.catalog import MovieCatalog
+    from fusionrec.data.loading import load_tables
+
+    _, out = sample_prepared
+    movies, _ = load_tables(out)
+    spec = json.loads((out / "feature_spec.json").read_text())
+    catalog = MovieCatalog.from_table(movies, spec)
+    post = [spec["numeric_features"]["names"].index(n) for n in spec["numeric_features"]["post_release"]]
+    pre = [j for j in range(len(spec["numeric_features"]["names"])) if j not in post]
+    cold = catalog.cold_item
+    assert cold.any() and not catalog.numeric[cold][:, post].isnan().all()  # the snapshot has them
+    assert catalog.for_split("leave_one_out") is catalog and catalog.for_split("temporal") is catalog
+    seen = catalog.for_split("cold_items")
+    assert seen.numeric[cold][:, post].isnan().all()
+    assert torch.equal(seen.numeric[cold][:, pre].nan_to_num(-1), catalog.numeric[cold][:, pre].nan_to_num(-1))
+    assert torch.equal(seen.numeric[~cold].nan_to_num(-1), catalog.numeric[~cold].nan_to_num(-1))
+    assert not catalog.numeric[cold][:, post].isnan().all()  # the catalog itself is left as it was

@@ -302,6 +302,8 @@ def test_bad_batches_raise_value_error_naming_the_field(mutate, field):
         ({"categorical_vocab_sizes": {"adult": -1}}, r"categorical_vocab_sizes\['adult'\]"),
         ({"multi_valued_max_lengths": {"genres": 4}}, "name the same features"),
         ({"dropout": 1.5}, "dropout must be in"),
+        ({"post_release_dropout": 1.0}, "post_release_dropout must be in"),
+        ({"post_release_feature_names": ["popularity"]}, r"\['popularity'\] are not numeric features"),
         ({"use_id_embedding": False, "use_content_features": False, "use_text": False}, "at least one"),
     ],
 )
@@ -347,11 +349,34 @@ def test_id_gate_reads_training_counts_and_they_are_saved_with_the_weights(tmp_p
     assert torch.equal(model.calculate_movie_feature(**inputs), reloaded.calculate_movie_feature(**inputs))
 
 
+def test_post_release_dropout_hides_those_features_per_movie_in_training_only():
+    """Each movie's vector in training is either the one with all its features or the one with its post-release
+    features missing (as a new movie's are), about half and half at 0.5; evaluation always sees them all."""
+    config = tiny_config(use_text=False, use_id_embedding=False, numeric_feature_names=["log_budget", "popularity"],
+                         post_release_feature_names=["popularity"], post_release_dropout=0.5)
+    torch.manual_seed(0)
+    model = FusionModel(config)
+    inputs = movie_inputs(config, torch.arange(config.num_movies))
+    inputs.pop("text_states"), inputs.pop("text_mask")
+    hidden = {**inputs, "numeric": inputs["numeric"].clone()}
+    hidden["numeric"][:, 1] = float("nan")
+    model.eval()
+    with torch.no_grad():
+        full, new = model.movie_tower(**inputs), model.movie_tower(**hidden)
+        assert torch.equal(model.movie_tower(**inputs), full) and not torch.allclose(full, new)
+        model.train()
+        trained = model.movie_tower(**inputs)
+    as_full = (trained - full).abs().amax(dim=-1) < 1e-5
+    as_new = (trained - new).abs().amax(dim=-1) < 1e-5
+    assert bool((as_full ^ as_new).all()) and 10 <= int(as_new.sum()) <= 30
+
+
 def test_config_from_feature_spec_in_one_call(tmp_path):
     spec = {
         "num_movies": 7,
         "num_users": 4,
-        "numeric_features": {"names": ["year"], "mean": [1990.0], "std": [10.0]},
+        "numeric_features": {"names": ["year", "popularity"], "mean": [1990.0, 1.0], "std": [10.0, 1.0],
+                             "post_release": ["popularity"]},
         "categorical_features": {"adult": {"vocab": ["<pad>", "<oov>", "False"], "min_count": 1}},
         "multi_valued_features": {"genres": {"vocab": ["<pad>", "<oov>", "Drama", "Comedy"], "min_count": 1, "max_length": 3}},
         "rating": {"min": 0.5, "max": 5.0},
@@ -362,6 +387,7 @@ def test_config_from_feature_spec_in_one_call(tmp_path):
     assert (config.num_movies, config.num_users, config.hidden_size) == (7, 4, 64)
     assert config.multi_valued_vocab_sizes == {"genres": 4} and config.multi_valued_max_lengths == {"genres": 3}
     assert config.categorical_vocab_sizes == {"adult": 3} and config.time_origin == 828124615.0
+    assert config.post_release_feature_names == ["popularity"] and config.post_release_dropout == 0.0
     with pytest.raises(FileNotFoundError, match="feature_spec.json"):
         FusionRecConfig.from_feature_spec(tmp_path / "missing")
     del spec["rating"]

@@ -337,7 +337,7 @@ def test_unknown_option_is_one_line_exit_2_from_the_command_line(tmp_path):
 def test_model_options_reach_the_config_and_bad_values_are_one_line(dataset, tmp_path, capsys):
     spec = json.loads((dataset / "feature_spec.json").read_text())
     options = ["--movie-id-dropout", "0.3", "--user-id-dropout", "0", "--learn-temperature", "--temperature", "0.07",
-               "--perceiver-depth", "1", "--perceiver-head-dim", "8", "--dropout", "0.3"]
+               "--perceiver-depth", "1", "--perceiver-head-dim", "8", "--dropout", "0.3", "--post-release-dropout", "0.25"]
 
     def config_from(*argv: str):
         args = parse_args(["--dataset", str(dataset), "--output-dir", str(tmp_path), "--no-text", *argv])
@@ -348,6 +348,7 @@ def test_model_options_reach_the_config_and_bad_values_are_one_line(dataset, tmp
     assert (config.movie_id_dropout, config.user_id_dropout, config.dropout) == (0.3, 0.0, 0.3)
     assert (config.learn_temperature, config.retrieval_temperature) == (True, 0.07)
     assert (config.perceiver_depth, config.perceiver_head_dim) == (1, 8)
+    assert config.post_release_dropout == 0.25 and config.post_release_feature_names == spec["numeric_features"]["post_release"]
     default = config_from()
     assert (default.movie_id_dropout, default.learn_temperature) == (0.5, False)
     assert run(["--dataset", dataset, "--output-dir", tmp_path / "bad", "--no-text", "--movie-id-dropout", "1.5"]) == 2
