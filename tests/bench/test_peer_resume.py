@@ -1,4 +1,5 @@
-"""A RecTools peer fit killed between epochs resumes from its --state-dir and ends as the uninterrupted fit does.
+"""A RecTools peer fit killed between epochs resumes from its --state-dir and ends as the uninterrupted fit does;
+long histories reach the fit whole, as consecutive pseudo-user chunks.
 
 Runs bench/peers/rectools_peer.py in its own virtualenv (bench/peers/setup_rectools.sh); skipped where that
 virtualenv is missing, as in CI: the peer is a benchmark dependency, not one of the package's."""
@@ -55,6 +56,9 @@ def test_a_peer_killed_between_epochs_resumes_and_ends_as_the_uninterrupted_fit(
     assert not (tmp_path / "whole.state").exists()  # removed once the output is written
     assert expected["resumed_after_epochs"] == []
     assert 3 <= expected["epochs_run"] < 8  # early stopping ended it, after the epoch the kill lands in
+    data = expected["data"]  # histories far longer than 21 events: every event still reaches the fit
+    assert data["pseudo_users"] > 0 and data["training_events_in_fit"] == data["training_events"] > 0
+    assert data["training_movies_in_fit"] == data["training_movies"] and data["fit_rows"] > data["training_events"]
 
     state = tmp_path / "resumed.state"
     argv = peer_argv(slice_dataset, resumed, state)
@@ -72,3 +76,30 @@ def test_a_peer_killed_between_epochs_resumes_and_ends_as_the_uninterrupted_fit(
     assert len(got["validation_curve_cpu_seconds"]) == got["epochs_run"]
     assert got["validation_curve_cpu_seconds"] == sorted(got["validation_curve_cpu_seconds"])  # adds up over pieces
     assert not state.exists()
+
+
+CHUNKS = """
+import sys
+sys.path.insert(0, {bench!r})
+import numpy as np, pandas as pd
+from rectools import Columns
+from rectools_peer import chunk_ranges, pseudo_user_chunks
+
+for length in range(0, 30):
+    ranges = chunk_ranges(length, chunk=5)
+    targets = [p for start, stop in ranges for p in range(start + 1, stop)]  # next-event targets of each chunk
+    assert sorted(targets) == list(range(1, length)), (length, ranges)
+    assert all(2 <= stop - start <= 5 for start, stop in ranges) and (not ranges or ranges[0][1] == length)
+train = pd.DataFrame({{Columns.User: [7] * 12 + [3] * 2, Columns.Item: np.arange(14), "position": [*range(12), 0, 1]}})
+chunks = pseudo_user_chunks(train, chunk=5, first_pseudo_user=100)
+newest = chunks[chunks[Columns.User] == 7]
+assert newest["position"].tolist() == [7, 8, 9, 10, 11] and set(chunks["real_user"]) == {{7, 3}}
+assert sorted(set(chunks[Columns.User])) == [3, 7, 100, 101] and len(chunks[chunks[Columns.User] == 3]) == 2
+print("ok")
+"""
+
+
+def test_chunks_make_every_event_after_a_users_first_a_target_once():
+    done = subprocess.run([str(PEER_PYTHON), "-c", CHUNKS.format(bench=str(ROOT / "bench" / "peers"))],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
