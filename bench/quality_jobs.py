@@ -391,7 +391,7 @@ def baseline_records(name: str, split: str, seeds: list[int], data: BenchData, a
 TRAINING_OPTIONS = {  # bench_quality.py options passed on, under the same names, to train_accelerate.py when given
     "eval_steps": int, "patience": int, "batch_size": int, "learning_rate": float, "hidden_size": int,
     "max_history_length": int, "text_max_length": int, "perceiver_depth": int, "perceiver_head_dim": int,
-    "num_negatives": int, "post_release_dropout": float,
+    "num_negatives": int, "post_release_dropout": float, "max_epochs": int,
 }
 
 
