@@ -180,7 +180,7 @@ def sample_history(catalog, num_ratings: np.ndarray, *, rating_min: float, ratin
 
 def pipeline_rows(rows: list[dict]) -> list[dict]:
     """recommend_for_history rows as the pipeline returns them."""
-    return [{key: row[key] for key in ("movie_id", "tmdb_id", "title", "score")} for row in rows]
+    return [{key: row[key] for key in ("movie_id", "tmdb_id", "title", "year", "score")} for row in rows]
 
 
 def read_training_record(folder: Path) -> dict:

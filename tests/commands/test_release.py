@@ -32,7 +32,7 @@ TINY = ["--hidden-size", 32, "--num-layers", 1, "--num-heads", 2, "--max-history
         "--num-negatives", 16, "--report-to", "none", "--no-progress", "--max-steps", 6, "--eval-steps", 3]  # fmt: skip
 RELEASE_FILES = {
     "README.md", "config.json", "model.safetensors", "modeling_fusionrec.py", "configuration_fusionrec.py",
-    "catalog.json", "catalog_vectors.safetensors", "training_metrics.json",
+    "pipeline_fusionrec.py", "catalog.json", "catalog_vectors.safetensors", "training_metrics.json",
 }  # fmt: skip
 
 
@@ -114,7 +114,7 @@ def test_release_commits_the_dataset_and_the_model_once_each_and_retries(work, r
     assert set(model_commit["files"]) == RELEASE_FILES
     config = json.loads(model_commit["files"]["config.json"])
     assert config["text_encoder_name_or_path"] == ENCODER_ID and config["use_text"] is True
-    assert config["custom_pipelines"]["movie-recommendation"]["impl"] == "modeling_fusionrec.MovieRecommendationPipeline"
+    assert config["custom_pipelines"]["movie-recommendation"]["impl"] == "pipeline_fusionrec.MovieRecommendationPipeline"
     catalog = json.loads(model_commit["files"]["catalog.json"])
     assert catalog["num_movies"] == 80 and "user" not in json.dumps(list(catalog["movies"]))
 
@@ -164,7 +164,7 @@ print(json.dumps({
     "metrics": metrics,
     "modules": [type(recommender).__module__, type(model).__module__],
     "name_or_path": model.name_or_path,
-    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("modeling_fusionrec", "configuration_fusionrec")),
+    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("modeling_fusionrec", "configuration_fusionrec", "pipeline_fusionrec")),
 }))
 """
 
@@ -285,7 +285,7 @@ def test_the_check_rejects_a_folder_that_does_not_reproduce_its_card_or_runs_oth
         key = {t: k for k, t, _ in release.CARD_METRICS}[result.metric_type]
         metrics.setdefault(result.dataset_args["protocol"], {})[key] = result.metric_value
     report = {"metrics": metrics, "example": [], "model_class": "transformers_modules.x.modeling_fusionrec.FusionModel",
-              "pipeline_class": "transformers_modules.x.modeling_fusionrec.MovieRecommendationPipeline"}  # fmt: skip
+              "pipeline_class": "transformers_modules.x.pipeline_fusionrec.MovieRecommendationPipeline"}  # fmt: skip
     with pytest.raises(release.ReleaseCheckError, match="the card shows"):
         release.check_reload(released["folder"], report, example=[{"movie_id": 1, "title": "x", "score": 0.5}])
     metrics["leave_one_out"]["ndcg@10"] += 1e-4
