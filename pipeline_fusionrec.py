@@ -215,18 +215,15 @@ class FusionCatalog:
                 "a history is a list of titles or ids (\"Heat (1995)\", \"tmdb:862\") or of (title_or_id, rating) "
                 "pairs, oldest first; give at least one."
             )
-        movies, ratings = [], []
+        rated: dict[int, float] = {}  # insertion order = time order; a movie given again moves to the end
         for entry in [history] if _is_entry(history) else history:
             reference, rating = (entry, rating_max) if isinstance(entry, str) else (entry[0], float(entry[1]))
             if not rating_min <= rating <= rating_max:
                 raise ValueError(f"{reference}={rating:g}: ratings run from {rating_min:g} to {rating_max:g}.")
             index = self.resolve(reference)
-            if index in movies:
-                position = movies.index(index)
-                del movies[position], ratings[position]
-            movies.append(index)
-            ratings.append(rating)
-        return movies, ratings, list(range(at - len(movies) + 1, at + 1))
+            rated.pop(index, None)
+            rated[index] = rating
+        return list(rated), list(rated.values()), list(range(at - len(rated) + 1, at + 1))
 
     # ----- files -----
 
@@ -291,7 +288,7 @@ class MovieRecommendationPipeline(Pipeline):
     """The "movie-recommendation" task, named in config.json's `custom_pipelines`:
 
         recommender = pipeline("movie-recommendation", model="you/fusionrec-tmdb", trust_remote_code=True)
-        recommender(["Heat (1995)", "The Matrix (1999)"], top_k=10)   # [{"movie_id", "tmdb_id", "title", "year", "score"}]
+        recommender(["Heat (1995)", "The Matrix (1999)"], top_k=10)   # [{"movie_id", "tmdb_id", "title", "year", "genres", "score"}]
         recommender(["Heat (1995)", "Ronin (1998)"], explain=True)     # + "because_you_liked": [{"title", "year", "share"}]
         recommender([[("Heat (1995)", 5.0)], ["tmdb:862", "imdb:tt0133093"]])   # a batch: a list of lists
 
@@ -327,7 +324,7 @@ class MovieRecommendationPipeline(Pipeline):
 
     def postprocess(self, ranked: dict[str, Tensor]) -> list[dict]:
         rows = self.model.movie_catalog().rows(ranked)
-        keys = ("movie_id", "tmdb_id", "title", "year", "score", "because_you_liked")
+        keys = ("movie_id", "tmdb_id", "title", "year", "genres", "score", "because_you_liked")
         return [{key: row[key] for key in keys if key in row} for row in rows]
 
 

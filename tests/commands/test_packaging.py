@@ -32,7 +32,7 @@ COMMANDS = {
 RANKS = {
     "fusionrec.errors": 0, "fusionrec.io": 0, "fusionrec.metrics": 0, "fusionrec.hub": 1, "fusionrec.data": 2,
     "fusionrec.retrieval": 3, "fusionrec.growth": 3, "fusionrec.cli": 4, "fusionrec.evaluation": 5, "fusionrec.recommend": 5,
-    "fusionrec.export": 5, "fusionrec.training": 6, "fusionrec.release": 7,
+    "fusionrec.export": 5, "fusionrec.training": 6, "fusionrec.release": 7, "fusionrec.space": 7, "fusionrec.serving": 0,
 }  # fmt: skip
 SCRIPTS = {script.removesuffix(".py") for script, _ in COMMANDS.values()}
 SKIPPED_ANYWHERE = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".cache", "build", "dist"}
