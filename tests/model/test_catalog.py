@@ -165,7 +165,7 @@ def test_a_history_longer_than_the_window_keeps_its_recent_steps_and_excludes_ev
 def test_the_pipeline_takes_one_history_pairs_or_a_batch(model):
     recommender = MovieRecommendationPipeline(model=model, device="cpu")
     one = recommender(["Heat (1995)", "The Matrix"], top_k=4)
-    assert [set(row) for row in one] == [{"movie_id", "tmdb_id", "title", "year", "score"}] * 4
+    assert [set(row) for row in one] == [{"movie_id", "tmdb_id", "title", "year", "genres", "score"}] * 4
     expected = model.recommend_for_history(["Heat (1995)", "The Matrix"], k=4)
     assert [row["title"] for row in one] == [row["title"] for row in expected]
     assert recommender(("Heat (1995)", 5.0), top_k=3) == recommender([("Heat (1995)", 5.0)], top_k=3)

@@ -77,7 +77,7 @@ def test_the_pipeline_explains_on_request_and_its_rows_are_json(model):
     recommender = MovieRecommendationPipeline(model=model, device="cpu")
     plain = recommender(HISTORY, top_k=4)
     explained = recommender(HISTORY, top_k=4, explain=True)
-    assert [set(row) for row in plain] == [{"movie_id", "tmdb_id", "title", "year", "score"}] * 4
+    assert [set(row) for row in plain] == [{"movie_id", "tmdb_id", "title", "year", "genres", "score"}] * 4
     assert [{k: v for k, v in row.items() if k != "because_you_liked"} for row in explained] == plain
     expected = model.recommend_for_history(HISTORY, k=4, explain=True)
     assert [row["because_you_liked"] for row in explained] == [row["because_you_liked"] for row in expected]

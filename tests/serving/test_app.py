@@ -80,3 +80,9 @@ def test_a_ten_thousand_movie_history_through_the_page(client):
     lines = "\n".join(f"#{i % 37} = {0.5 + (i % 10) / 2:g}" for i in range(10_000))
     table, message = client.predict(lines, 10, api_name="/recommend")
     assert len(table["data"]) == 3 and message == "3 movies for a history of 10000."
+
+
+def test_the_page_opens_with_an_example_history_of_this_catalogs_movies(space):
+    from app import Demo
+
+    assert Demo(str(space["release"])).example == "Heat (1995) = 5\nThe Matrix (1999) = 4.5\nToy Story (1995) = 4"
