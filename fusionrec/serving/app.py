@@ -11,6 +11,7 @@ the same rows. The model repo carries its catalog: nothing else is downloaded.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import gradio as gr
 from handler import MAX_TOP_K, EndpointHandler
@@ -94,9 +95,10 @@ def add_movie(history: str, title: str | None, rating: float) -> tuple[str, None
 
 def build_demo(model: str) -> gr.Blocks:
     demo_model = Demo(model)
+    shown = Path(model).name if Path(model).is_dir() else model  # a repo id, or a local folder by its name only
     with gr.Blocks(title="fusionrec: movies you may like, and why") as demo:
         gr.Markdown(
-            f"# 🎬 fusionrec\nA two-tower recommender over {len(demo_model.labels):,} movies (`{model}`). Type the "
+            f"# 🎬 fusionrec\nA two-tower recommender over {len(demo_model.labels):,} movies (`{shown}`). Type the "
             "movies you love, oldest first; each answer says which of them it comes from."
         )
         with gr.Tab("Recommend"):
