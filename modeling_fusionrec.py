@@ -5,12 +5,13 @@ a frozen text encoder (pooled by a Perceiver Resampler). The user tower is a cau
 history; its state at step j, read out "as of" a time, is the user vector that predicts the j-th movie. Training is a
 sampled softmax over the batch's movies plus uniform negatives, with logQ correction and collision masking.
 
-A saved model also carries the movies it recommends from (FusionCatalog: ids, titles, years, genres, trained
-vectors; no users), so a released folder or Hub repo answers typed histories on its own, through
-`FusionModel.recommend_for_history` or `pipeline("movie-recommendation", model=..., trust_remote_code=True)`.
+A saved model also carries the movies it recommends from (FusionCatalog in pipeline_fusionrec.py: ids, titles,
+years, genres, trained vectors; no users), so a released folder or Hub repo answers typed histories on its own,
+explained, through `FusionModel.recommend_for_history` or `pipeline("movie-recommendation", model=...,
+trust_remote_code=True)`, finds a movie's neighbours and places a new movie from its text.
 
 This file imports only torch, einops, transformers (with safetensors, which transformers itself requires) and its
-sibling config, so it runs as Hub remote code.
+siblings configuration_fusionrec.py and pipeline_fusionrec.py, so it runs as Hub remote code.
 """
 
 from __future__ import annotations
