@@ -100,7 +100,7 @@ class FusionRecConfig(PretrainedConfig):
     model_type = "fusionrec"
     # The task `pipeline(..., trust_remote_code=True)` finds in config.json: the class lives in the remote code.
     custom_pipelines_default = {
-        "movie-recommendation": {"impl": "modeling_fusionrec.MovieRecommendationPipeline", "pt": ["AutoModel"]}
+        "movie-recommendation": {"impl": "pipeline_fusionrec.MovieRecommendationPipeline", "pt": ["AutoModel"]}
     }
 
     def __init__(

@@ -5,39 +5,34 @@ a frozen text encoder (pooled by a Perceiver Resampler). The user tower is a cau
 history; its state at step j, read out "as of" a time, is the user vector that predicts the j-th movie. Training is a
 sampled softmax over the batch's movies plus uniform negatives, with logQ correction and collision masking.
 
-A saved model also carries the movies it recommends from (FusionCatalog: ids, titles, years, genres, trained
-vectors; no users), so a released folder or Hub repo answers typed histories on its own, through
-`FusionModel.recommend_for_history` or `pipeline("movie-recommendation", model=..., trust_remote_code=True)`.
+A saved model also carries the movies it recommends from (FusionCatalog in pipeline_fusionrec.py: ids, titles,
+years, genres, trained vectors; no users), so a released folder or Hub repo answers typed histories on its own,
+explained, through `FusionModel.recommend_for_history` or `pipeline("movie-recommendation", model=...,
+trust_remote_code=True)`, finds a movie's neighbours and places a new movie from its text.
 
 This file imports only torch, einops, transformers (with safetensors, which transformers itself requires) and its
-sibling config, so it runs as Hub remote code.
+siblings configuration_fusionrec.py and pipeline_fusionrec.py, so it runs as Hub remote code.
 """
 
 from __future__ import annotations
 
-import datetime
-import difflib
-import json
 import math
-import numbers
-import os
-import re
-import unicodedata
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, Pipeline, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, cached_file
+from transformers.utils import ModelOutput
 
 try:
     from .configuration_fusionrec import FusionRecConfig
+    from .pipeline_fusionrec import FusionCatalog, as_of_seconds, check_k
 except ImportError:
     from configuration_fusionrec import FusionRecConfig
+    from pipeline_fusionrec import FusionCatalog, as_of_seconds, check_k
 
 SECONDS_PER_DAY = 86_400.0
 PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -286,15 +281,18 @@ class MovieTower(nn.Module):
     def forward(
         self,
         *,
-        movie_indices: Tensor,
+        movie_indices: Tensor | None,
         numeric: Tensor | None = None,
         categorical: dict[str, Tensor] | None = None,
         multi_valued: dict[str, Tensor] | None = None,
         text_states: Tensor | None = None,
         text_mask: Tensor | None = None,
     ) -> Tensor:
+        """`movie_indices=None`: movies outside the id table (new ones); their id part is zero, as under id dropout."""
         parts = []
-        if self.config.use_id_embedding:
+        if self.config.use_id_embedding and movie_indices is None:
+            parts.append(self.fusion_norm.weight.new_zeros(text_states.shape[0], self.config.hidden_size))
+        elif self.config.use_id_embedding:
             ids = self.id_embedding(movie_indices)
             if self.config.count_gated_ids:
                 ids = ids * torch.sigmoid(self.id_gate(torch.log1p(self.movie_counts[movie_indices]).unsqueeze(-1)))
@@ -589,6 +587,27 @@ class FusionModel(FusionPreTrainedModel):
         )
         return F.normalize(hidden, dim=-1)
 
+    @torch.no_grad()
+    def calculate_new_movie_feature(self, texts: list[str]) -> Tensor:
+        """L2-normalised vectors of movies outside the catalog, known only by their text (overview, genres, cast):
+        the cold start the content tower exists for. The text goes through the frozen encoder; every other feature
+        is missing (numbers NaN, categories and bags empty) and the id part is zero, as under id dropout."""
+        if not self.config.use_text:
+            raise ValueError("this model has no text tower (config.use_text is off), so it cannot place a movie from its text.")
+        if not texts or not all(isinstance(text, str) and text.strip() for text in texts):
+            raise ValueError("texts must be a non-empty list of non-empty movie descriptions.")
+        count, config, device = len(texts), self.config, self.device
+        states, mask = self.encode_text(list(texts))
+        content = {}
+        if config.use_content_features:
+            content = {
+                "numeric": torch.full((count, len(config.numeric_feature_names)), float("nan"), device=device),
+                "categorical": {name: torch.zeros(count, dtype=torch.long, device=device) for name in config.categorical_vocab_sizes},
+                "multi_valued": {name: torch.zeros(count, 1, dtype=torch.long, device=device) for name in config.multi_valued_vocab_sizes},
+            }  # fmt: skip
+        hidden = self.movie_tower(movie_indices=None, **content, text_states=states.to(device), text_mask=mask.to(device))
+        return F.normalize(hidden, dim=-1)
+
     def calculate_user_feature(
         self,
         *,
@@ -673,7 +692,7 @@ class FusionModel(FusionPreTrainedModel):
         return FusionRecommendationOutput(movie_indices=top.indices, scores=top.values, user_vectors=users)
 
     # ----- a released model: typed histories scored against the catalog saved beside the weights -----
-    # (FusionCatalog and the pipeline are defined at the end of this file.)
+    # (FusionCatalog and the pipeline live in pipeline_fusionrec.py.)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -726,33 +745,92 @@ class FusionModel(FusionPreTrainedModel):
         }
 
     @torch.no_grad()
-    def rank_history(self, inputs: dict[str, Tensor], *, k: int = 10) -> dict[str, Tensor]:
-        """Top-k catalog movies for `history_inputs(...)`: movie indices, scores (cosine) and predicted ratings."""
-        if k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k}.")
+    def rank_history(self, inputs: dict[str, Tensor], *, k: int = 10, explain: bool = False) -> dict[str, Tensor]:
+        """Top-k catalog movies for `history_inputs(...)`: movie indices, scores (cosine) and predicted ratings; with
+        `explain`, also `history` (the steps the model read) and their `contributions` (`history_contributions`)."""
+        check_k(k)
         vectors = self.movie_catalog().vectors.to(self.device, self.dtype)
         history = {name: value.to(self.device) for name, value in inputs.items() if name.startswith("history_")}
         ranked = self.recommend(
-            **history, movie_vectors=vectors, as_of=inputs["as_of"].to(self.device), k=k,
+            **history, movie_vectors=vectors, as_of=inputs["as_of"].to(self.device), k=min(k, len(vectors)),
             candidate_mask=~inputs["seen"].to(self.device),
         )
         found = torch.isfinite(ranked.scores[0])  # a catalog smaller than k + the history gives fewer
         indices = ranked.movie_indices[0][found]
         predicted = self.predict_rating(ranked.user_vectors.expand(len(indices), -1), vectors[indices])
-        return {"movie_indices": indices.cpu(), "scores": ranked.scores[0][found].float().cpu(),
-                "predicted_ratings": predicted.float().cpu()}
+        result = {"movie_indices": indices.cpu(), "scores": ranked.scores[0][found].float().cpu(),
+                  "predicted_ratings": predicted.float().cpu()}  # fmt: skip
+        if explain:
+            result["history"] = inputs["history_movie_indices"][0].cpu()
+            result["contributions"] = self.history_contributions(inputs, indices).float().cpu()
+        return result
 
-    def recommend_for_history(self, history, *, k: int = 10, as_of: str | int | None = None) -> list[dict]:
+    @torch.no_grad()
+    def history_contributions(self, inputs: dict[str, Tensor], movie_indices: Tensor) -> Tensor:
+        """Why each movie is recommended, in the model's own terms: entry (r, i) is how much movie r's score
+        (cosine) drops when history step i is left out and the model re-reads the rest (same order and ratings, the
+        last n - 1 times: what `history_inputs` gives for the typed history without that movie). Shape
+        (len(movie_indices), steps); a step that raised the score is positive. `FusionCatalog.rows` turns the
+        positive entries into shares of 1 ("because you liked ...")."""
+        vectors = self.movie_catalog().vectors.to(self.device, self.dtype)
+        movies, ratings, times = (
+            inputs[f"history_{name}"][0].to(self.device) for name in ("movie_indices", "ratings", "timestamps")
+        )
+        steps, candidates = len(movies), vectors[movie_indices.to(self.device)]
+
+        def user_vectors(movie_rows: Tensor, rating_rows: Tensor, time_rows: Tensor) -> Tensor:
+            return self.calculate_user_feature(
+                history_movie_indices=movie_rows, history_ratings=rating_rows, history_timestamps=time_rows,
+                history_mask=torch.ones_like(movie_rows, dtype=torch.bool), movie_vectors=vectors,
+                as_of=inputs["as_of"].to(self.device),
+            )  # fmt: skip
+
+        full = user_vectors(movies[None], ratings[None], times[None]) @ candidates.T
+        others = ~torch.eye(steps, dtype=torch.bool, device=self.device)
+        left_out = user_vectors(
+            movies.expand(steps, steps)[others].view(steps, steps - 1),
+            ratings.expand(steps, steps)[others].view(steps, steps - 1),
+            times[1:].expand(steps, steps - 1),
+        )
+        return (full - left_out @ candidates.T).T
+
+    def recommend_for_history(
+        self, history, *, k: int = 10, as_of: str | int | None = None, explain: bool = False
+    ) -> list[dict]:
         """Top-k movies of the saved catalog for someone described by what they watched, best first, e.g.
 
             model.recommend_for_history([("Heat (1995)", 5.0), ("tmdb:862", 4.0), "imdb:tt0133093"], k=10,
-                                        as_of="2015-06-01")
+                                        as_of="2015-06-01", explain=True)
 
         Each row: movie_index, movie_id (MovieLens), tmdb_id, imdb_id, title, year, genres, score (cosine) and
-        predicted_rating. The history is read as the unknown user, its steps one second apart ending at `as_of`
-        (YYYY-MM-DD: the end of that day, UTC; default: the catalog's last rating). Movies outside the catalog
-        (new ones) have no vector here: compute theirs with `calculate_movie_feature(texts=...)`."""
-        return self.movie_catalog().rows(self.rank_history(self.history_inputs(history, as_of=as_of), k=k))
+        predicted_rating; with `explain`, `because_you_liked`: the history movies that raised its score, largest
+        share first (`history_contributions`). The history is read as the unknown user, its steps one second apart
+        ending at `as_of` (YYYY-MM-DD: the end of that day, UTC; default: the catalog's last rating). A movie
+        outside the catalog has no vector here: see `similar_to_text`."""
+        inputs = self.history_inputs(history, as_of=as_of)
+        return self.movie_catalog().rows(self.rank_history(inputs, k=k, explain=explain))
+
+    @torch.no_grad()
+    def similar_movies(self, reference: str, *, k: int = 10) -> list[dict]:
+        """The k catalog movies closest (cosine of the trained vectors) to the one `reference` names (a title or id,
+        as in a history), itself left out."""
+        catalog = self.movie_catalog()
+        index = catalog.resolve(reference)
+        return self._nearest(catalog.vectors[index], k=k, leave_out=index)
+
+    def similar_to_text(self, text: str, *, k: int = 10) -> list[dict]:
+        """A new movie known only by its description (title, genres, overview, cast: one text, as the dataset's
+        template writes it) placed among the catalog: the k movies closest to its `calculate_new_movie_feature`."""
+        return self._nearest(self.calculate_new_movie_feature([text])[0].float().cpu(), k=k)
+
+    def _nearest(self, vector: Tensor, *, k: int, leave_out: int | None = None) -> list[dict]:
+        check_k(k)
+        catalog = self.movie_catalog()
+        scores = catalog.vectors.float() @ vector.float()
+        if leave_out is not None:
+            scores[leave_out] = float("-inf")
+        top = scores.topk(min(k, len(catalog) - (leave_out is not None)))
+        return catalog.rows({"movie_indices": top.indices, "scores": top.values})
 
     def forward(
         self,
@@ -878,306 +956,20 @@ def gather_candidates(
     )
 
 
-# ===== a released model: its movie catalog, typed histories, and the "movie-recommendation" pipeline =====
-
-CATALOG_FILE = "catalog.json"
-CATALOG_VECTORS_FILE = "catalog_vectors.safetensors"
-CATALOG_FORMAT_VERSION = 1
-_YEAR = re.compile(r"^(?P<title>.*\S)\s*\((?P<year>\d{4})\)$")
-_ARTICLE = re.compile(r"^(?P<rest>.+), (?P<article>the|a|an|les|la|le|il|el|der|die|das)$")
-_ID_PREFIXES = {"#": "index", "movie:": "movie", "ml:": "movie", "movie_id:": "movie", "tmdb:": "tmdb", "imdb:": "imdb"}
-
-
-def normalise_title(title: str) -> str:
-    """Case-, accent- and space-insensitive key; "Matrix, The" and "The Matrix" share one."""
-    text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode() or title
-    text = " ".join(text.casefold().split())
-    moved = _ARTICLE.match(text)
-    return f"{moved['article']} {moved['rest']}" if moved else text
-
-
-def as_of_seconds(value: str | int | float | datetime.date) -> int:
-    """Unix seconds of an "as of" time. "YYYY-MM-DD" (or a date) is the END of that day, UTC, so ratings made that
-    day count; a full ISO time or a datetime is taken as given (UTC unless it names a zone); a number is unix
-    seconds."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", value):
-        try:
-            value = datetime.date.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(f"as_of {value!r} is not a date; write YYYY-MM-DD (e.g. 2015-01-01).") from None
-    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
-        midnight = datetime.datetime.combine(value, datetime.time(), tzinfo=datetime.timezone.utc)
-        return int((midnight + datetime.timedelta(days=1)).timestamp()) - 1
-    moment = value
-    if isinstance(value, str):
-        try:
-            moment = datetime.datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(f"as_of {value!r} is not a date; write YYYY-MM-DD (e.g. 2015-01-01).") from None
-    if not isinstance(moment, datetime.datetime):
-        raise ValueError(f"as_of {value!r} is not a date; give YYYY-MM-DD, a datetime or unix seconds.")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return int(moment.timestamp())
-
-
-def _is_entry(value) -> bool:
-    """A history entry: a title or id, or a (title_or_id, rating) pair."""
-    return isinstance(value, str) or (
-        isinstance(value, (list, tuple))
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], numbers.Real)
-        and not isinstance(value[1], bool)
-    )
-
-
-def _is_history(value) -> bool:
-    return _is_entry(value) or (isinstance(value, (list, tuple)) and len(value) > 0 and all(map(_is_entry, value)))
-
-
-@dataclass(eq=False, repr=False)
-class FusionCatalog:
-    """The movies a released model recommends from, row i = movie_index i: MovieLens, TMDB and IMDb ids, title,
-    year, genres, and the trained movie vectors (num_movies, hidden). Saved beside the weights as catalog.json and
-    catalog_vectors.safetensors (plain JSON and safetensors). It holds no users: people are described by their
-    histories.
-
-    Typed references resolve to movies: a title (any case and accents, "Matrix, The" too; add the year when a title
-    names several movies: "Heat (1995)"), "#N" (movie_index), "movie:N" / "ml:N" / "movie_id:N" (MovieLens
-    movieId), "tmdb:N", "imdb:tt0133093" or bare "tt0133093". A bare number is a title ("1984")."""
-
-    titles: list[str]
-    years: list[int | None]
-    genres: list[list[str]]
-    movie_ids: list[int | None]
-    tmdb_ids: list[int | None]
-    imdb_ids: list[str | None]
-    vectors: Tensor | None = None
-    last_rating_time: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("years", "genres", "movie_ids", "tmdb_ids", "imdb_ids"):
-            if len(getattr(self, name)) != len(self.titles):
-                raise ValueError(f"FusionCatalog.{name} has {len(getattr(self, name))} rows, titles {len(self.titles)}.")
-        self._by_title: dict[str, list[int]] = {}
-        for index, title in enumerate(self.titles):
-            self._by_title.setdefault(normalise_title(title), []).append(index)
-        self._by_id = {
-            "movie": {int(value): index for index, value in enumerate(self.movie_ids) if value is not None},
-            "tmdb": {int(value): index for index, value in enumerate(self.tmdb_ids) if value is not None},
-            "imdb": {str(value).lower(): index for index, value in enumerate(self.imdb_ids) if value is not None},
-        }
-
-    def __len__(self) -> int:
-        return len(self.titles)
-
-    def __repr__(self) -> str:
-        return f"FusionCatalog({len(self)} movies)"
-
-    def label(self, index: int) -> str:
-        year = self.years[index]
-        return f"{self.titles[index]} ({year})" if year is not None else self.titles[index]
-
-    def movie(self, index: int) -> dict:
-        return {
-            "movie_index": index,
-            "movie_id": self.movie_ids[index],
-            "tmdb_id": self.tmdb_ids[index],
-            "imdb_id": self.imdb_ids[index],
-            "title": self.titles[index],
-            "year": self.years[index],
-            "genres": list(self.genres[index]),
-        }
-
-    def rows(self, ranked: dict[str, Tensor]) -> list[dict]:
-        """`FusionModel.rank_history` output as one dict per movie: its ids, title, year, genres, score, rating."""
-        return [
-            {**self.movie(int(index)), "score": float(score), "predicted_rating": float(rating)}
-            for index, score, rating in zip(
-                ranked["movie_indices"], ranked["scores"], ranked["predicted_ratings"], strict=True
-            )
-        ]
-
-    # ----- typed references -----
-
-    def resolve(self, reference: str) -> int:
-        """The movie_index a typed title or id names; ValueError (one line, with close matches) if none or several."""
-        text = reference.strip()
-        prefixed = re.fullmatch(r"(?i)(#|movie:|ml:|movie_id:|tmdb:|imdb:)\s*(\S+)", text) or re.fullmatch(
-            r"(?i)()(tt\d+)", text
-        )
-        if prefixed:
-            return self._resolve_id(text, _ID_PREFIXES.get(prefixed.group(1).lower(), "imdb"), prefixed.group(2))
-        found = self._by_title.get(normalise_title(text), [])
-        with_year = _YEAR.match(text)
-        if with_year and not found:
-            year = int(with_year["year"])
-            found = [i for i in self._by_title.get(normalise_title(with_year["title"]), []) if self.years[i] == year]
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            options = "; ".join(f"{self.label(i)} [#{i}]" for i in found[:8])
-            raise ValueError(f"{text!r} names {len(found)} movies: {options}; add the year, e.g. \"{self.label(found[0])}\".")
-        key = normalise_title(with_year["title"] if with_year else text)
-        close = difflib.get_close_matches(key, list(self._by_title), n=5, cutoff=0.6)
-        suggestions = [self.label(i) for name in close for i in self._by_title[name]][:5]
-        hint = f"; did you mean: {'; '.join(suggestions)}?" if suggestions else "; no similar title either."
-        raise ValueError(f"unknown movie {text!r}{hint}")
-
-    def _resolve_id(self, text: str, kind: str, value: str) -> int:
-        if kind == "index":
-            if value.isdigit() and int(value) < len(self):
-                return int(value)
-            raise ValueError(f"{text!r}: no movie_index {value}; indices run from 0 to {len(self) - 1}.")
-        key = value.lower() if kind == "imdb" else (int(value) if value.isdigit() else None)
-        if key is None or key not in self._by_id[kind]:
-            raise ValueError(f"{text!r}: no movie with that {kind} id in this catalog.")
-        return self._by_id[kind][key]
-
-    def typed_history(
-        self, history, *, at: int, rating_min: float, rating_max: float
-    ) -> tuple[list[int], list[float], list[int]]:
-        """Movie indices, ratings and timestamps of a typed history, oldest first. `history`: a title or id, a
-        (title_or_id, rating) pair, or a list of either; a bare title or id counts as liked (`rating_max`). A movie
-        given twice keeps its later rating, as prepared datasets do. The steps are one second apart, ending at `at`."""
-        if not _is_history(history):
-            raise ValueError(
-                "a history is a list of titles or ids (\"Heat (1995)\", \"tmdb:862\") or of (title_or_id, rating) "
-                "pairs, oldest first; give at least one."
-            )
-        movies, ratings = [], []
-        for entry in [history] if _is_entry(history) else history:
-            reference, rating = (entry, rating_max) if isinstance(entry, str) else (entry[0], float(entry[1]))
-            if not rating_min <= rating <= rating_max:
-                raise ValueError(f"{reference}={rating:g}: ratings run from {rating_min:g} to {rating_max:g}.")
-            index = self.resolve(reference)
-            if index in movies:
-                position = movies.index(index)
-                del movies[position], ratings[position]
-            movies.append(index)
-            ratings.append(rating)
-        return movies, ratings, list(range(at - len(movies) + 1, at + 1))
-
-    # ----- files -----
-
-    def save(self, folder: str | os.PathLike) -> None:
-        """Write catalog.json and catalog_vectors.safetensors into `folder`, each through a temporary file."""
-        if self.vectors is None or self.vectors.shape[0] != len(self):
-            raise ValueError(f"FusionCatalog.save needs vectors for its {len(self)} movies.")
-        document = {
-            "format": "fusionrec-catalog",
-            "format_version": CATALOG_FORMAT_VERSION,
-            "num_movies": len(self),
-            "last_rating_time": self.last_rating_time,
-            "movies": {
-                "movie_index": list(range(len(self))),
-                "movie_id": self.movie_ids,
-                "tmdb_id": self.tmdb_ids,
-                "imdb_id": self.imdb_ids,
-                "title": self.titles,
-                "year": self.years,
-                "genres": self.genres,
-            },
-        }
-        path = os.path.join(os.fspath(folder), CATALOG_FILE)
-        with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
-            json.dump(document, handle, ensure_ascii=False)
-        os.replace(f"{path}.tmp", path)
-        path = os.path.join(os.fspath(folder), CATALOG_VECTORS_FILE)
-        save_file({"movie_vectors": self.vectors.detach().float().cpu().contiguous()}, f"{path}.tmp", metadata={"format": "pt"})
-        os.replace(f"{path}.tmp", path)
-
-    @classmethod
-    def load(cls, name_or_path: str | os.PathLike, **hub_kwargs) -> FusionCatalog:
-        """The catalog saved in a folder or a Hub repo, found by transformers' `cached_file` (cache, revision and
-        offline mode as for the weights; `hub_kwargs` as for from_pretrained)."""
-        name = os.fspath(name_or_path)
-        paths = {}
-        for filename in (CATALOG_FILE, CATALOG_VECTORS_FILE):
-            try:
-                paths[filename] = cached_file(name, filename, **hub_kwargs)
-            except OSError as error:
-                raise ValueError(
-                    f"{name} has no {filename}: it was saved without its movie catalog; build a release folder with "
-                    "`release.py --model FOLDER --dataset DATA --dry-run` (or call set_movie_catalog)."
-                ) from error
-        with open(paths[CATALOG_FILE], encoding="utf-8") as handle:
-            document = json.load(handle)
-        try:
-            movies, count = document["movies"], int(document["num_movies"])
-            if movies["movie_index"] != list(range(count)):
-                raise ValueError(f"{paths[CATALOG_FILE]}: movie_index must run 0..{count - 1} in row order.")
-            vectors = load_file(paths[CATALOG_VECTORS_FILE])["movie_vectors"]
-            return cls(
-                titles=movies["title"], years=movies["year"], genres=movies["genres"], movie_ids=movies["movie_id"],
-                tmdb_ids=movies["tmdb_id"], imdb_ids=movies["imdb_id"], vectors=vectors,
-                last_rating_time=document["last_rating_time"],
-            )
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{paths[CATALOG_FILE]}: not a fusionrec catalog (missing {error}).") from error
-
-
-class MovieRecommendationPipeline(Pipeline):
-    """The "movie-recommendation" task, named in config.json's `custom_pipelines`:
-
-        recommender = pipeline("movie-recommendation", model="you/fusionrec-tmdb", trust_remote_code=True)
-        recommender(["Heat (1995)", "The Matrix (1999)"], top_k=10)   # [{"movie_id", "tmdb_id", "title", "score"}]
-        recommender([[("Heat (1995)", 5.0)], ["tmdb:862", "imdb:tt0133093"]])   # a batch: a list of lists
-
-    A history is a list of titles or ids, or of (title_or_id, rating) pairs, oldest first (FusionCatalog says
-    what a reference may be); `as_of="YYYY-MM-DD"` reads it at that time. Scores are cosine similarities against
-    the catalog saved with the model; a movie outside it needs `model.calculate_movie_feature(texts=...)`."""
-
-    _load_tokenizer = False
-    _load_feature_extractor = False
-    _load_image_processor = False
-    _load_video_processor = False
-    _load_processor = False
-
-    def __call__(self, histories, **kwargs):
-        if _is_history(histories):
-            return super().__call__({"history": histories}, **kwargs)
-        if isinstance(histories, (list, tuple)) and histories and all(map(_is_history, histories)):
-            return super().__call__([{"history": history} for history in histories], **kwargs)
-        raise ValueError(
-            "give one history (a list of titles or ids, or of (title_or_id, rating) pairs) or a list of histories."
-        )
-
-    def _sanitize_parameters(self, top_k: int | None = None, as_of=None):
-        return ({} if as_of is None else {"as_of": as_of}), ({} if top_k is None else {"top_k": top_k}), {}
-
-    def preprocess(self, inputs: dict, as_of=None) -> dict[str, Tensor]:
-        return self.model.history_inputs(inputs["history"], as_of=as_of)
-
-    def _forward(self, inputs: dict[str, Tensor], top_k: int = 10) -> dict[str, Tensor]:
-        return self.model.rank_history(inputs, k=top_k)
-
-    def postprocess(self, ranked: dict[str, Tensor]) -> list[dict]:
-        rows = self.model.movie_catalog().rows(ranked)
-        return [{key: row[key] for key in ("movie_id", "tmdb_id", "title", "score")} for row in rows]
-
-
 FusionRecConfig.register_for_auto_class()
 FusionModel.register_for_auto_class("AutoModel")
 AutoConfig.register("fusionrec", FusionRecConfig, exist_ok=True)
 AutoModel.register(FusionRecConfig, FusionModel, exist_ok=True)
 
 __all__ = [
-    "FusionCatalog",
     "FusionModel",
     "FusionModelOutput",
     "FusionPreTrainedModel",
     "FusionRecommendationOutput",
-    "MovieRecommendationPipeline",
     "PerceiverResampler",
-    "as_of_seconds",
     "corrected_logits",
     "encode_texts",
     "load_text_encoder",
-    "normalise_title",
     "resolve_text_encoder",
     "sampled_softmax_loss",
     "text_encoder_hidden_size",

@@ -224,8 +224,8 @@ def open_session(
 def parse_date(text: str) -> int:
     """YYYY-MM-DD (UTC) -> unix seconds of the END of that day, so ratings made on that day count ("as of" the
     date, inclusive). A full ISO time (YYYY-MM-DDTHH:MM:SS, UTC unless it names a zone) is taken as given. The model's
-    own reading of "as of" (modeling_fusionrec.as_of_seconds), so the command and a released model agree."""
-    from modeling_fusionrec import as_of_seconds
+    own reading of "as of" (pipeline_fusionrec.as_of_seconds), so the command and a released model agree."""
+    from pipeline_fusionrec import as_of_seconds
 
     try:
         return as_of_seconds(text.strip())

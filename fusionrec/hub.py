@@ -55,7 +55,8 @@ class HubUploader:
 
     def _ensure_repo(self) -> None:
         if not self._repo_ready:
-            self.api.create_repo(self.repo_id, repo_type=self.repo_type, private=self.private, exist_ok=True)
+            space = {"space_sdk": "gradio"} if self.repo_type == "space" else {}
+            self.api.create_repo(self.repo_id, repo_type=self.repo_type, private=self.private, exist_ok=True, **space)
             self._repo_ready = True
 
     def submit(self, folder: Path, *, path_in_repo: str, message: str) -> None:

@@ -55,7 +55,7 @@ def parse_history(text: str) -> list[tuple[str, float]]:
 
 def typed_sequence(catalog, entries: list[tuple[str, float]], *, at: int, rating_min: float, rating_max: float) -> UserSequence:
     """The unknown user's sequence for typed (title_or_id, rating) entries, resolved as a released model resolves
-    them (modeling_fusionrec.FusionCatalog)."""
+    them (pipeline_fusionrec.FusionCatalog)."""
     try:
         movies, ratings, timestamps = catalog.typed_history(entries, at=at, rating_min=rating_min, rating_max=rating_max)
     except ValueError as error:

@@ -45,6 +45,7 @@ from fusionrec.errors import CommandError, one_line
 from fusionrec.evaluation import evaluate_splits, format_table
 from fusionrec.hub import HubUploadError, upload_folder
 from fusionrec.io import atomic_output
+from fusionrec.space import add_handler, build_space, is_space
 
 PROGRAM = "release.py"
 K_VALUES = (10, 20)
@@ -86,6 +87,8 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--dataset-repo", help="also upload the prepared dataset with its card to this dataset repo")
     parser.add_argument("--dry-run", action="store_true", help="build and verify the folder; upload nothing")
     parser.add_argument("--output-dir", help="where the release folder goes (default: release/ beside --model)")
+    parser.add_argument("--space-dir", help="where the Gradio Space folder goes (default: space/ beside the release)")
+    parser.add_argument("--space-repo", help="also upload the Space to this Space repo, e.g. you/fusionrec-demo")
     parser.add_argument(
         "--text-encoder-id",
         help="the Hub id to record for the text encoder when the checkpoint names a local copy of it",
@@ -100,8 +103,8 @@ def build_parser() -> OneLineParser:
 # ----- inputs -----
 
 
-def check_inputs(args) -> tuple[Path, Path, Path]:
-    """The model folder, dataset folder and output folder, or a one-line CommandError."""
+def check_inputs(args) -> tuple[Path, Path, Path, Path]:
+    """The model folder, dataset folder, output folder and Space folder, or a one-line CommandError."""
     model = Path(args.model)
     if not (model / "config.json").is_file() or not (model / "model.safetensors").is_file():
         raise CommandError(f"--model {model}: not a saved model folder (config.json and model.safetensors); give e.g. OUTPUT/best.")
@@ -110,7 +113,7 @@ def check_inputs(args) -> tuple[Path, Path, Path]:
         raise CommandError(f"--model {model}: model_type is {model_type!r}, not a fusionrec model.")
     dataset = check_dataset_dir(args.dataset)
     load_feature_spec(dataset)
-    for option, value in (("--repo", args.repo), ("--dataset-repo", args.dataset_repo)):
+    for option, value in (("--repo", args.repo), ("--dataset-repo", args.dataset_repo), ("--space-repo", args.space_repo)):
         if value is not None and not is_hub_id(value):
             raise CommandError(f"{option} {value!r}: not a Hub repo id; write OWNER/NAME, e.g. you/fusionrec-tmdb.")
     if args.retries < 1 or args.retry_backoff < 0:
@@ -120,7 +123,12 @@ def check_inputs(args) -> tuple[Path, Path, Path]:
         raise CommandError(f"--output-dir {output}: must not hold or be inside --model {model}; choose another folder.")
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not is_release(output))):
         raise CommandError(f"--output-dir {output}: exists and is not a release folder; choose another or remove it.")
-    return model, dataset, output
+    space = Path(args.space_dir) if args.space_dir else output.absolute().parent / "space"
+    if space.resolve() in (output.resolve(), model.resolve()) or (
+        space.exists() and (not space.is_dir() or (any(space.iterdir()) and not is_space(space)))
+    ):
+        raise CommandError(f"--space-dir {space}: exists and is not a Space folder; choose another or remove it.")
+    return model, dataset, output, space
 
 
 def is_release(folder: Path) -> bool:
@@ -180,7 +188,7 @@ def sample_history(catalog, num_ratings: np.ndarray, *, rating_min: float, ratin
 
 def pipeline_rows(rows: list[dict]) -> list[dict]:
     """recommend_for_history rows as the pipeline returns them."""
-    return [{key: row[key] for key in ("movie_id", "tmdb_id", "title", "score")} for row in rows]
+    return [{key: row[key] for key in ("movie_id", "tmdb_id", "title", "year", "genres", "score")} for row in rows]
 
 
 def read_training_record(folder: Path) -> dict:
@@ -385,10 +393,11 @@ License: Apache-2.0 (model and code).
 
 def build_release(model, *, output: Path, source: Path, card: str) -> Path:
     """The release folder, swapped into place atomically: save_pretrained (weights, config with the pipeline,
-    remote code), the movie catalog, the source's training record and the card."""
+    remote code), the movie catalog, the Inference Endpoints handler, the source's training record and the card."""
     with atomic_output(output, folder=True) as folder, quiet_libraries():
         model.save_pretrained(folder, safe_serialization=True)
         model.movie_catalog().save(folder)
+        add_handler(folder, model.config)
         if (source / "training_metrics.json").is_file():
             shutil.copy2(source / "training_metrics.json", folder / "training_metrics.json")
         (folder / "README.md").write_text(card, encoding="utf-8")
@@ -418,9 +427,13 @@ def reload_main(argv: Sequence[str]) -> int:
     import transformers
 
     folder, dataset, history, splits = argv[0], argv[1], json.loads(argv[2]), json.loads(argv[3])
+    sys.path.insert(0, folder)
+    from handler import EndpointHandler
+
     with quiet_libraries():
         model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True)
         recommender = transformers.pipeline("movie-recommendation", model=folder, trust_remote_code=True, device="cpu")
+        handler = EndpointHandler(folder)
         movies, sequences = load_tables(dataset)
     catalog = model.movie_catalog()
     metrics = evaluate_splits(
@@ -430,6 +443,7 @@ def reload_main(argv: Sequence[str]) -> int:
     report = {
         "metrics": metrics,
         "example": recommender(history, top_k=EXAMPLE_K),
+        "handler": handler({"inputs": history, "parameters": {"top_k": EXAMPLE_K}}),
         "model_class": f"{type(model).__module__}.{type(model).__name__}",
         "pipeline_class": f"{type(recommender).__module__}.{type(recommender).__name__}",
     }
@@ -471,6 +485,8 @@ def check_reload(folder: Path, report: dict, *, example: list[dict]) -> None:
         checked += 1
     if not checked:
         raise ReleaseCheckError("the card holds no test metrics to check (no test events in any split?).")
+    if report["handler"] != report["example"]:
+        raise ReleaseCheckError(f"the release's handler.py answered {str(report['handler'])[:200]}, its pipeline {str(report['example'])[:200]}.")
     got = report["example"]
     same = [row["movie_id"] for row in got] == [row["movie_id"] for row in example] and [row["title"] for row in got] == [
         row["title"] for row in example
@@ -483,7 +499,7 @@ def check_reload(folder: Path, report: dict, *, example: list[dict]) -> None:
 
 
 def release(args, *, hub_api=None, say=print) -> int:
-    model_dir, dataset_dir, output = check_inputs(args)
+    model_dir, dataset_dir, output, space = check_inputs(args)
     training = read_training_record(model_dir)
     split = trained_split(args.split, training)
     model = load_source_model(model_dir, device=args.device)
@@ -519,6 +535,8 @@ def release(args, *, hub_api=None, say=print) -> int:
         say(f"  {path.name:<32} {path.stat().st_size:>12,} bytes")
     check_reload(output, reload_in_fresh_process(output, dataset_dir, history, [split]), example=example)
     say("verified in a fresh process: the folder's own code reproduces the card's test metrics and its example")
+    build_space(space, repo=args.repo, config=model.config, num_movies=len(catalog))
+    say(f"built the Space {space} (app.py, handler.py, README.md, requirements.txt) for {args.repo}")
     if args.dry_run:
         say(f"dry run: nothing uploaded (would upload {output} to {args.repo})")
         return 0
@@ -540,6 +558,9 @@ def release(args, *, hub_api=None, say=print) -> int:
     message = f"Release {model_dir.name}" + (f": leave_one_out test NDCG@10 {loo:.4f}" if loo is not None else "")
     url = upload_folder(output, args.repo, repo_type="model", message=message, **upload)
     say(f"released {args.repo}: {url}")
+    if args.space_repo:
+        url = upload_folder(space, args.space_repo, repo_type="space", message=f"Demo of {args.repo}", **upload)
+        say(f"released the Space {args.space_repo}: {url}")
     return 0
 
 

@@ -167,3 +167,35 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+TITLES = ["Heat", "The Matrix", "Toy Story", "Amélie", "千と千尋の神隠し", "Heat"]
+YEARS = [1995, 1999, 1995, 2001, 2001, 1986]
+
+
+def save_tiny_release(folder: Path, *, encoder: Path | None = None) -> Path:
+    """A folder as a release holds it (weights, remote code, catalog) for a tiny untrained model: 40 movies, among
+    them two titled "Heat" and a Japanese title; with `encoder` (a tiny T5 folder) the model reads text."""
+    from modeling_fusionrec import FusionModel
+    from pipeline_fusionrec import FusionCatalog
+
+    torch.manual_seed(0)
+    extra = {"text_encoder_name_or_path": str(encoder)} if encoder else {"use_text": False}
+    config = tiny_config(**extra)
+    model = FusionModel(config).eval()
+    with torch.no_grad():
+        vectors = model.calculate_movie_feature(**{
+            key: value for key, value in movie_inputs(config, torch.arange(config.num_movies)).items()
+            if config.use_text or not key.startswith("text_")
+        })  # fmt: skip
+    count = config.num_movies
+    titles = TITLES + [f"Film {i}" for i in range(count - len(TITLES))]
+    model.set_movie_catalog(FusionCatalog(
+        titles=titles, years=YEARS + [1990 + i % 30 for i in range(count - len(YEARS))],
+        genres=[["Crime", "Drama"]] + [["Drama"]] * (count - 1), movie_ids=list(range(1, count + 1)),
+        tmdb_ids=list(range(1001, 1001 + count)), imdb_ids=[None] * count, vectors=vectors,
+        last_rating_time=1_400_000_000,
+    ))  # fmt: skip
+    model.save_pretrained(folder)
+    model.movie_catalog().save(folder)
+    return folder

@@ -67,9 +67,9 @@ class MovieCatalog:
         return replace(self, numeric=numeric)
 
     def release_catalog(self, *, vectors: torch.Tensor | None = None, last_rating_time: int | None = None):
-        """The movies as a released model carries them (modeling_fusionrec.FusionCatalog): ids, titles, years,
+        """The movies as a released model carries them (pipeline_fusionrec.FusionCatalog): ids, titles, years,
         genres and `vectors`; it also resolves typed titles and ids."""
-        from modeling_fusionrec import FusionCatalog
+        from pipeline_fusionrec import FusionCatalog
 
         missing = [None] * len(self)
         return FusionCatalog(

@@ -130,6 +130,21 @@ def use_cpu(args) -> bool:
     return bool(args.cpu) or (world_size > 1 and not has_accelerator)
 
 
+def fitted_batch_size(batch_size: int, num_windows: int, num_processes: int, say) -> int:
+    """--batch-size, or, when the data has fewer training windows per process than that, all of them (one batch
+    per epoch) with a one-line notice: a small dataset trains with the defaults instead of stopping."""
+    per_process = num_windows // num_processes
+    if per_process == 0:
+        raise UsageError(
+            f"the dataset has {num_windows} training windows for {num_processes} processes; prepare more ratings "
+            "or launch fewer processes."
+        )
+    if batch_size <= per_process:
+        return batch_size
+    say(f"--batch-size {batch_size} is larger than the {per_process} training windows per process: using {per_process}.")
+    return per_process
+
+
 def run_length(args, *, batches_per_epoch: int) -> tuple[int, int]:
     """(max_steps, eval_steps): --max-steps, else --max-epochs passes over this process's batches, and one validation
     per epoch (at least MIN_EVAL_INTERVAL steps apart: a tiny epoch would spend the run ranking, and --patience would
@@ -203,13 +218,10 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         num_negatives=args.num_negatives,
         seed=args.seed,
     )
+    args.batch_size = fitted_batch_size(args.batch_size, len(data.windows), accelerator.num_processes, say)
     sampler = EpochBatchSampler(
         len(data.windows), batch_size=args.batch_size, seed=args.seed, num_processes=accelerator.num_processes
     )
-    if len(sampler) == 0:
-        raise UsageError(
-            f"--batch-size {args.batch_size}: larger than the {len(data.windows)} training windows per process"
-        )
     # Its own generator: otherwise each new epoch iterator draws its base seed from the global torch RNG, and a
     # resumed run (one extra iterator) would drift from the uninterrupted one's dropout masks.
     loader = torch.utils.data.DataLoader(

