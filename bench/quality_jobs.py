@@ -174,6 +174,20 @@ class Job:
         return f"{self.model} {self.split} seed {self.seed}"
 
 
+# Settings that by construction leave a run's numbers as they are: where the remote code keeps the pipeline, and how
+# many DataLoader workers gather the (identical) batches. A record made before one of them changed is still finished.
+RESULT_NEUTRAL = {"config": ("custom_pipelines",), "train_accelerate": ("dataloader_num_workers",)}
+
+
+def result_settings(job: dict | None) -> dict | None:
+    """A job's settings without the RESULT_NEUTRAL defaults, for comparing a record with the job that would make it."""
+    if not job or "defaults" not in job:
+        return job
+    defaults = {part: {k: v for k, v in values.items() if k not in RESULT_NEUTRAL.get(part, ())}
+                for part, values in job["defaults"].items()}
+    return {**job, "defaults": defaults}
+
+
 def finished_records(workdir: Path, models: tuple[str, ...], split: str, seed: int, *, config: dict, num_test: int,
                      reused: dict | None = None) -> list[dict] | None:
     """One job's records if each is finished, made with the job's settings and ranking every test example: from
@@ -181,7 +195,7 @@ def finished_records(workdir: Path, models: tuple[str, ...], split: str, seed: i
     WORKDIR/records/). None: the job has to run."""
 
     def usable(record: dict | None) -> bool:
-        return (record is not None and record.get("job") == config
+        return (record is not None and result_settings(record.get("job")) == result_settings(config)
                 and len(record.get("test_target_ranks", ())) == num_test)
 
     found = [read_record(record_path(workdir, model, split, seed)) for model in models]

@@ -342,6 +342,23 @@ def test_a_fusion_record_made_before_a_default_changed_is_not_resumed(monkeypatc
     assert jobs.fusion_config("fusion_full", "leave_one_out", 0, args) != before
 
 
+def test_a_record_made_before_a_result_neutral_default_changed_is_still_finished(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(steps=None, **{name: None for name in jobs.TRAINING_OPTIONS})
+    config = jobs.fusion_config("fusion_full", "leave_one_out", 0, args)
+    old = json.loads(json.dumps(config))
+    old["defaults"]["config"]["custom_pipelines"] = {"movie-recommendation": {"impl": "elsewhere.Pipeline"}}
+    old["defaults"]["train_accelerate"].pop("dataloader_num_workers", None)  # an option added since
+    jobs.write_record(tmp_path, {"model": "fusion_full", "split": "leave_one_out", "seed": 0, "job": old,
+                                 "test_target_ranks": [0, 1]})
+    assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0, config=config, num_test=2)
+    old["defaults"]["train_accelerate"]["patience"] = -1  # a setting that changes the numbers
+    jobs.write_record(tmp_path, {"model": "fusion_full", "split": "leave_one_out", "seed": 0, "job": old,
+                                 "test_target_ranks": [0, 1]})
+    assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0, config=config, num_test=2) is None
+
+
 def test_report_only_reports_the_finished_records_and_runs_no_child_job(sample_data_dir, tmp_path, capsys):
     import bench_quality
 
