@@ -321,30 +321,34 @@ def history_until(sequence: UserSequence, as_of: int | None) -> UserSequence:
     return UserSequence(sequence.user_index, sequence.movies[keep], sequence.ratings[keep], sequence.timestamps[keep])
 
 
-def pad_histories(sequences: list[UserSequence], *, max_length: int) -> dict[str, torch.Tensor]:
-    """Right-padded history tensors of the most recent `max_length` steps of each sequence, with the mask of the
-    steps that are training targets (all but each sequence's `context` steps)."""
-    length = max([min(len(s.movies), max_length) for s in sequences] + [0])
-    batch = len(sequences)
-    movies = np.zeros((batch, length), np.int64)
-    ratings = np.zeros((batch, length), np.float32)
-    timestamps = np.zeros((batch, length), np.int64)
-    mask = np.zeros((batch, length), bool)
-    target = np.zeros((batch, length), bool)
-    for row, sequence in enumerate(sequences):
-        dropped = max(0, len(sequence.movies) - max_length)
-        kept = slice(dropped, None)
-        count = len(sequence.movies[kept])
-        movies[row, :count] = sequence.movies[kept]
-        ratings[row, :count] = sequence.ratings[kept]
-        timestamps[row, :count] = sequence.timestamps[kept]
-        mask[row, :count] = True
-        target[row, max(0, sequence.context - dropped) : count] = True
+def gather_windows(windows: Sequences, indices: torch.Tensor, *, max_length: int) -> dict[str, torch.Tensor]:
+    """Right-padded history tensors of windows `indices`, gathered by offset from the flat columns in a few tensor
+    ops (no per-window Python): the most recent `max_length` steps of each, with the mask of the steps that are
+    training targets (all but each window's `context` steps)."""
+    indices = torch.as_tensor(indices, dtype=torch.long)
+    stops = torch.from_numpy(windows.stops)[indices]
+    first = torch.from_numpy(windows.starts)[indices]
+    starts = torch.maximum(first, stops - max_length)
+    lengths = stops - starts
+    steps = torch.arange(int(lengths.max()) if len(lengths) else 0)
+    mask = steps < lengths[:, None]
+    flat = torch.where(mask, starts[:, None] + steps, 0)
+    context = torch.from_numpy(windows.context)[indices] - (starts - first)
+
+    def column(values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.where(mask, torch.from_numpy(values)[flat].to(dtype), 0)
+
     return {
-        "history_movie_indices": torch.from_numpy(movies),
-        "history_ratings": torch.from_numpy(ratings),
-        "history_timestamps": torch.from_numpy(timestamps),
-        "history_mask": torch.from_numpy(mask),
-        "target_mask": torch.from_numpy(target),
-        "user_indices": torch.tensor([s.user_index for s in sequences], dtype=torch.long),
+        "history_movie_indices": column(windows.movies, torch.long),
+        "history_ratings": column(windows.ratings, torch.float32),
+        "history_timestamps": column(windows.timestamps, torch.long),
+        "history_mask": mask,
+        "target_mask": mask & (steps >= context[:, None]),
+        "user_indices": torch.from_numpy(windows.user_index)[indices].long(),
     }
+
+
+def pad_histories(sequences: abc.Sequence[UserSequence], *, max_length: int) -> dict[str, torch.Tensor]:
+    """`gather_windows` of a list of sequences: all of them, in order."""
+    sequences = Sequences.from_list(sequences)
+    return gather_windows(sequences, torch.arange(len(sequences)), max_length=max_length)
