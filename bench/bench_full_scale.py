@@ -55,7 +55,7 @@ SIZES = {
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_TOKENS = 32
 GB = 1e9
-TARGETS = {"peak_rss_bytes": 8 * GB, "first_step_s": 120.0, "loo_evaluation_s": 600.0, "export_s": 300.0}
+TARGETS = {"peak_rss_bytes": 8 * GB, "input_windows_per_s": 6000, "first_step_s": 120.0, "loo_evaluation_s": 600.0, "export_s": 300.0}
 # The quality benchmark's model settings (README, bench/README.md): hidden 64, 50-step windows, batch 32.
 TRAIN_OPTIONS = [
     "--text-max-length", str(TEXT_TOKENS), "--perceiver-depth", "1",
@@ -126,6 +126,66 @@ print(json.dumps({{"collate_seconds_per_batch": collate_s, "collate_cpu_seconds_
                   "flops_per_step": flops.get_total_flops(),
                   "ops_per_step": CountOps.count, "targets_per_batch": int(batch["target_mask"].sum()),
                   "candidates_per_batch": int(len(batch["movie_inputs"]["movie_indices"]))}}))
+"""
+# The training data path alone (windows, negatives, features; no model), at --input-batch-size. "row by row" is the
+# collator fed a list of windows with the text states gathered in (today's loader before issue 23; it also runs on
+# --baseline-root, a checkout of the code before, since it uses only the API both share); "gathered" is the loader
+# train_accelerate.py builds, at 0-2 DataLoader workers, the text states left for the device.
+PIPELINE = """
+import json, sys, time
+import numpy as np
+import torch
+sys.path.insert(0, {root!r})
+from configuration_fusionrec import FusionRecConfig
+from fusionrec.data.catalog import load_catalog
+from fusionrec.data.collator import TrainingCollator, movie_frequency
+from fusionrec.data.loading import load_tables
+from fusionrec.data.sequences import read_sequences, training_part, training_windows
+from fusionrec.training.batches import EpochBatchSampler
+from modeling_fusionrec import text_encoder_hidden_size
+
+size, batches, gathered = {batch_size}, {batches}, {gathered}
+config = FusionRecConfig.from_feature_spec({dataset!r}, text_encoder_name_or_path={encoder!r},
+    text_hidden_size=text_encoder_hidden_size({encoder!r}), text_max_length={tokens})
+catalog, _ = load_catalog({dataset!r}, config, cache_root={cache!r}, show_progress=False)
+train = training_part(read_sequences(load_tables({dataset!r})[1]), "leave_one_out", catalog.cold_item.numpy()).nonempty()
+windows = training_windows(train, window=config.max_history_length)
+options = dict(config=config, movie_frequency=movie_frequency(train, len(catalog)), negative_pool=np.arange(len(catalog)),
+               num_negatives=128, seed=0)
+sampler = EpochBatchSampler(len(windows), batch_size=size, seed=0)
+
+def nbytes(value):
+    if isinstance(value, dict):
+        return sum(nbytes(inner) for inner in value.values())
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
+
+def timed(batch_iterator, count):
+    first = next(batch_iterator)  # outside the clock: worker start-up
+    start, cpu, crossing = time.perf_counter(), time.process_time(), []
+    for _, batch in zip(range(count), batch_iterator):
+        crossing.append(nbytes(batch))
+    wall = time.perf_counter() - start
+    return {{"windows_per_s": round(count * size / wall, 1), "seconds_per_batch": round(wall / count, 4),
+             "main_cpu_seconds_per_batch": round((time.process_time() - cpu) / count, 4),
+             "bytes_to_device_per_batch": int(np.mean(crossing)), "batches": count}}, first
+
+result = {{"batch_size": size, "windows": len(windows)}}
+if not gathered:
+    collator = TrainingCollator(catalog, **options)
+    keyed = (collator([windows[index] for _, _, index in keys], batch_key=keys[0][:2]) for keys in sampler)
+    result["row by row"], _ = timed(keyed, batches)
+else:
+    from fusionrec.training.batches import KeyedWindows, built_batch
+    collator = TrainingCollator(catalog, text_states=False, **options)
+    for workers in (0, 1, 2):
+        loader = torch.utils.data.DataLoader(KeyedWindows(windows, collator), batch_sampler=sampler,
+                                             collate_fn=built_batch, num_workers=workers)
+        result[f"gathered, {{workers}} workers"], first = timed(iter(loader), batches)
+    start = time.perf_counter()
+    for _ in range(10):
+        catalog.text_inputs(first["movie_inputs"]["movie_indices"])
+    result["text states gathered where they live, seconds per batch"] = round((time.perf_counter() - start) / 10, 4)
+print(json.dumps(result))
 """
 
 
@@ -281,6 +341,26 @@ def run(args: argparse.Namespace, workdir: Path, output: Path | None) -> dict:
                                                              tokens=TEXT_TOKENS, cache=str(cache))))  # fmt: skip
     text.throughput, text.throughput_unit = round(counts["movies"] / text.wall_s, 1), "movies/s"
     text.detail["note"] = "a warm cache (rerun, --workdir reused) only loads it"
+
+    def input_pipeline(name: str, root: Path, *, gathered: bool) -> Stage:
+        measured, _ = stage(name, python(PIPELINE.format(
+            root=str(root), dataset=str(dataset), cache=str(cache), encoder=args.text_encoder, tokens=TEXT_TOKENS,
+            batch_size=args.input_batch_size, batches=args.input_batches, gathered=gathered,
+        )))  # fmt: skip
+        measured.detail = json.loads((logs / f"{name.replace(' ', '_')}.log").read_text().strip().splitlines()[-1])
+        save()
+        return measured
+
+    if args.baseline_root:
+        input_pipeline("input row by row (baseline)", args.baseline_root.resolve(), gathered=False)
+    input_pipeline("input row by row", ROOT, gathered=False)
+    pipeline = input_pipeline("input gathered", ROOT, gathered=True)
+    best = max(v["windows_per_s"] for k, v in pipeline.detail.items() if k.startswith("gathered"))
+    pipeline.throughput, pipeline.throughput_unit = best, f"windows/s (batch {args.input_batch_size}, best worker count)"
+    result["targets"][f"input pipeline >= {TARGETS['input_windows_per_s']:,} windows/s"] = best >= TARGETS["input_windows_per_s"]
+    save()
+    if args.input_only:
+        return result
     if args.dataset_only:
         return {"dataset": str(dataset), "text_cache": str(cache), "stages": [asdict(s) for s in stages]}
 
@@ -393,6 +473,20 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_input_table(result: dict) -> str:
+    """The input-pipeline stages: windows/s per path and worker count, and what crosses to the device per batch."""
+    lines = [f"input pipeline, {result['sizes']['ratings']:,} ratings; load average before each stage in brackets"]
+    for stage in result["stages"]:
+        if not stage["name"].startswith("input"):
+            continue
+        for path, r in stage["detail"].items():
+            if isinstance(r, dict):
+                lines.append(f"{stage['name']:<28} {path:<22} {r['windows_per_s']:>9,.1f} windows/s  "
+                             f"{r['bytes_to_device_per_batch'] / 1e6:>7.1f} MB/batch to the device  [{stage['load_before']}]")  # fmt: skip
+    lines += [f"target {name}: {'met' if ok else 'MISSED'}" for name, ok in result["targets"].items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -409,6 +503,13 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset-only", action="store_true",
         help="only generate and prepare WORKDIR/dataset and build its text cache (bench/gpu_check.sh)",
     )  # fmt: skip
+    parser.add_argument("--input-only", action="store_true", help="stop after the input-pipeline stages")
+    parser.add_argument("--input-batch-size", type=int, default=256, help="batch size of the input-pipeline stages")
+    parser.add_argument("--input-batches", type=int, default=60, help="timed batches per input-pipeline measurement")
+    parser.add_argument(
+        "--baseline-root", type=Path,
+        help="a checkout of the code before (e.g. `git archive COMMIT`): its row-by-row input path is measured too",
+    )  # fmt: skip
     parser.add_argument("--text-encoder", default=ENCODER, help="frozen text encoder (Hub name or local folder)")
     parser.add_argument("--text-cache-dir", type=Path, help="text cache root (default WORKDIR/text-cache)")
     args = parser.parse_args(argv)
@@ -416,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dataset-only needs --workdir (the dataset stays there)")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-full-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    output = None if args.dataset_only else args.output or BENCH / "results" / f"full_scale{'_quick' if args.quick else ''}.json"
+    output = None if args.dataset_only else args.output or BENCH / "results" / (
+        f"full_scale{'_quick' if args.quick else ''}{'_input' if args.input_only else ''}.json"
+    )
     try:
         result = run(args, workdir, output)
     finally:
@@ -425,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset_only:
         print(f"dataset ready: {result['dataset']}")
         return 0
-    print(format_table(result))
+    print(format_table(result) if not args.input_only else format_input_table(result))
     print(f"wrote {output}")
     return 0
 

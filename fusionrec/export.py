@@ -82,22 +82,21 @@ def movies_table(session, movie_vectors: torch.Tensor) -> pa.Table:
 
 def compute_user_chunk(session, rows: range, movie_vectors: torch.Tensor, as_of: int | None, batch_size: int) -> pa.Table:
     """One chunk of the users table as of a time (None: each user's last rating)."""
-    sequences = [session.sequence(row) for row in rows]
+    sequences = session.rows.sequences(slice(rows.start, rows.stop))
     vectors = user_vectors(session.model, sequences, movie_vectors, as_of=as_of, batch_size=batch_size)
+    read = sequences if as_of is None else sequences.until(np.full(len(sequences), as_of, dtype=np.int64))
+    counts = read.lengths()
     if as_of is None:
-        counts = [len(s.movies) for s in sequences]
-        times = [int(s.timestamps[-1]) if len(s.timestamps) else None for s in sequences]
-        label = "last"
+        last = sequences.timestamps[np.maximum(read.stops - 1, 0)] if len(sequences.timestamps) else np.zeros(len(read), np.int64)
+        times, label = pa.array(last, pa.int64(), mask=counts == 0), "last"
     else:
-        counts = [int((s.timestamps <= as_of).sum()) for s in sequences]
-        times = [as_of] * len(sequences)
-        label = format_time(as_of)
+        times, label = pa.array(np.full(len(read), as_of), pa.int64()), format_time(as_of)
     return pa.table(
         {
-            "user_index": pa.array([s.user_index for s in sequences], pa.int32()),
+            "user_index": pa.array(sequences.user_index, pa.int32()),
             "user_id": pa.array(session.user_ids[rows.start : rows.stop], pa.int64()),
-            "as_of": pa.array([label] * len(sequences), pa.string()),
-            "as_of_timestamp": pa.array(times, pa.int64()),
+            "as_of": pa.array([label] * len(read), pa.string()),
+            "as_of_timestamp": times,
             "num_ratings": pa.array(counts, pa.int32()),
             "vector": vector_array(vectors),
         }

@@ -1,6 +1,7 @@
-"""The training input path: batches gathered by offset from flat columns (`gather_windows`, `KeyedWindows`) hold the
-same windows and targets as padding each window row by row, draw negatives uniformly from the pool as log_q says,
-and are identical for any number of DataLoader workers; the text states can be gathered apart (on the device).
+"""Batches gathered by offset from flat columns. Training (`gather_windows`, `KeyedWindows`): the same windows and
+targets as padding each window row by row, negatives drawn uniformly from the pool as log_q says, identical batches
+for any number of DataLoader workers, text states gathered apart (on the device). Evaluation and export: example
+histories, exclusions and "as of" cuts as flat views equal to the per-example ones.
 """
 
 from __future__ import annotations
@@ -11,7 +12,17 @@ import torch
 
 from fusionrec.data.catalog import MovieCatalog
 from fusionrec.data.collator import TrainingCollator, movie_frequency
-from fusionrec.data.sequences import Sequences, UserSequence, gather_windows, training_windows
+from fusionrec.data.sequences import (
+    SequenceRows,
+    Sequences,
+    UserSequence,
+    evaluation_examples,
+    gather_windows,
+    history_until,
+    pad_histories,
+    training_windows,
+)
+from fusionrec.retrieval import ExactSearch
 from fusionrec.training.batches import EpochBatchSampler, KeyedWindows, built_batch
 
 
@@ -145,6 +156,53 @@ def test_a_batch_of_two_batch_keys_is_refused():
                                 num_negatives=4, seed=1)  # fmt: skip
     with pytest.raises(RuntimeError, match="mixes batch keys"):
         KeyedWindows(windows, collator).__getitems__([(0, 0, 1), (0, 1, 2)])
+
+
+def _rows(count: int = 50, *, seed: int = 0) -> SequenceRows:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user, sequence in enumerate(_sequences(count, seed=seed)):
+        n = len(sequence.movies)
+        valid_start, test_start = sorted(rng.integers(0, n + 1, size=2).tolist())
+        rows.append({
+            "user_index": user + 1, "movie_index": sequence.movies.astype(np.int32), "rating": sequence.ratings,
+            "timestamp": sequence.timestamps, "loo_valid_position": n - 2 if n >= 3 else -1,
+            "loo_test_position": n - 1 if n >= 3 else -1, "temporal_valid_start": valid_start,
+            "temporal_test_start": test_start,
+        })  # fmt: skip
+    return SequenceRows.from_dicts(rows)
+
+
+@pytest.mark.parametrize("split", ["leave_one_out", "temporal", "cold_items"])
+def test_example_histories_and_exclusions_as_flat_views_equal_the_per_example_ones(split):
+    rows = _rows()
+    cold = np.random.default_rng(1).random(30) < 0.3
+    examples = evaluation_examples(rows, split, "test", cold)
+    assert len(examples) > 20
+    histories = examples.history_windows()
+    for max_length in (50, 5):
+        gathered = gather_windows(histories, np.arange(len(examples)), max_length=max_length)
+        expected = pad_histories(list(examples.histories), max_length=max_length)
+        _assert_equal(gathered, expected)
+    part = slice(3, len(examples) - 2)
+    example, movies = examples.exclusion_pairs(part)
+    pairs = {(int(e), int(m)) for e, m in zip(example, movies, strict=True)}
+    assert pairs == {(i, int(m)) for i, seen in enumerate(examples.exclusions(part)) for m in seen}
+    users = torch.nn.functional.normalize(torch.randn(len(examples.exclusions(part)), 8), dim=-1)
+    search = ExactSearch(torch.nn.functional.normalize(torch.randn(30, 8), dim=-1), examples.candidate_mask)
+    listed, flat = search.search(users, examples.exclusions(part), 10), search.search_pairs(users, (example, movies), 10)
+    assert np.array_equal(listed[0], flat[0]) and np.array_equal(listed[1], flat[1])
+
+
+def test_sequences_cut_as_of_a_time_equal_cutting_each_history():
+    rows = _rows()
+    sequences = rows.sequences()
+    times = np.random.default_rng(2).integers(0, 10**9, len(sequences))
+    cut = sequences.until(times)
+    for i, time in enumerate(times):
+        reference = history_until(sequences[i], int(time))
+        assert cut[i].movies.tolist() == reference.movies.tolist() and cut[i].user_index == reference.user_index
+    assert (cut.lengths() < sequences.lengths()).any() and (cut.lengths() > 0).any()
 
 
 def _assert_equal(one, other) -> None:
