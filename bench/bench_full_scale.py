@@ -341,6 +341,8 @@ def run(args: argparse.Namespace, workdir: Path, output: Path | None) -> dict:
                                                              tokens=TEXT_TOKENS, cache=str(cache))))  # fmt: skip
     text.throughput, text.throughput_unit = round(counts["movies"] / text.wall_s, 1), "movies/s"
     text.detail["note"] = "a warm cache (rerun, --workdir reused) only loads it"
+    if args.dataset_only:
+        return {"dataset": str(dataset), "text_cache": str(cache), "stages": [asdict(s) for s in stages]}
 
     def input_pipeline(name: str, root: Path, *, gathered: bool) -> Stage:
         measured, _ = stage(name, python(PIPELINE.format(
@@ -351,56 +353,59 @@ def run(args: argparse.Namespace, workdir: Path, output: Path | None) -> dict:
         save()
         return measured
 
-    if args.baseline_root:
-        input_pipeline("input row by row (baseline)", args.baseline_root.resolve(), gathered=False)
-    input_pipeline("input row by row", ROOT, gathered=False)
-    pipeline = input_pipeline("input gathered", ROOT, gathered=True)
-    best = max(v["windows_per_s"] for k, v in pipeline.detail.items() if k.startswith("gathered"))
-    pipeline.throughput, pipeline.throughput_unit = best, f"windows/s (batch {args.input_batch_size}, best worker count)"
-    result["targets"][f"input pipeline >= {TARGETS['input_windows_per_s']:,} windows/s"] = best >= TARGETS["input_windows_per_s"]
-    save()
+    if args.input_only or not args.no_input:
+        if args.baseline_root:
+            input_pipeline("input row by row (baseline)", args.baseline_root.resolve(), gathered=False)
+        input_pipeline("input row by row", ROOT, gathered=False)
+        pipeline = input_pipeline("input gathered", ROOT, gathered=True)
+        best = max(v["windows_per_s"] for k, v in pipeline.detail.items() if k.startswith("gathered"))
+        pipeline.throughput, pipeline.throughput_unit = best, f"windows/s (batch {args.input_batch_size}, best worker count)"
+        result["targets"][f"input pipeline >= {TARGETS['input_windows_per_s']:,} windows/s"] = best >= TARGETS["input_windows_per_s"]
+        save()
     if args.input_only:
         return result
-    if args.dataset_only:
-        return {"dataset": str(dataset), "text_cache": str(cache), "stages": [asdict(s) for s in stages]}
 
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    shutil.rmtree(run_dir, ignore_errors=True)
-    train, launched = stage("train", [
-        accelerate, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", str(ROOT / "train_accelerate.py"), "--cpu", "--dataset", str(dataset),
-        "--output-dir", str(run_dir), "--text-cache-dir", str(cache), "--max-steps", str(size["steps"]),
-        "--max-eval-users", str(size["eval_users"]), "--text-encoder", args.text_encoder, *TRAIN_OPTIONS,
-    ])  # fmt: skip
-    save()
-    summary = json.loads((run_dir / "train_summary.json").read_text())
-    rates = [entry["throughput/targets_per_second"] for entry in summary["history"] if "throughput/targets_per_second" in entry]
-    steps_per_second = [entry["throughput/sequences_per_second"] / 32 for entry in summary["history"]
-                        if "throughput/sequences_per_second" in entry]  # fmt: skip
-    targets_per_second = median(rates[1:] or rates)  # the first interval holds the warm-up
-    step_seconds = 1.0 / median(steps_per_second[1:] or steps_per_second)
-    train.throughput, train.throughput_unit = round(targets_per_second, 1), "targets/s"
-    train.detail = {
-        "first_step_after_launch_s": round(summary["first_step_unix_time"] - launched, 1),
-        "first_step_after_train_start_s": round(summary["seconds_to_first_step"], 1),
-        "steps": summary["global_step"],
-        "seconds_per_step": round(step_seconds, 3),
-        "windows": summary["num_windows"],
-        "train_targets": summary["num_train_targets"],
-        "steps_per_epoch": summary["steps_per_epoch"],
-        "validation_users": size["eval_users"],
-        "validation_ndcg@10": summary["last_validation"].get("ndcg@10"),
-        "epoch_hours_this_machine": round(summary["steps_per_epoch"] * step_seconds / 3600, 2),
-    }
+    def train_and_probe() -> Path:
+        accelerate = str(Path(sys.executable).with_name("accelerate"))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        train, launched = stage("train", [
+            accelerate, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", str(ROOT / "train_accelerate.py"), "--cpu", "--dataset", str(dataset),
+            "--output-dir", str(run_dir), "--text-cache-dir", str(cache), "--max-steps", str(size["steps"]),
+            "--max-eval-users", str(size["eval_users"]), "--text-encoder", args.text_encoder, *TRAIN_OPTIONS,
+        ])  # fmt: skip
+        save()
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        rates = [entry["throughput/targets_per_second"] for entry in summary["history"] if "throughput/targets_per_second" in entry]
+        steps_per_second = [entry["throughput/sequences_per_second"] / 32 for entry in summary["history"]
+                            if "throughput/sequences_per_second" in entry]  # fmt: skip
+        targets_per_second = median(rates[1:] or rates)  # the first interval holds the warm-up
+        step_seconds = 1.0 / median(steps_per_second[1:] or steps_per_second)
+        train.throughput, train.throughput_unit = round(targets_per_second, 1), "targets/s"
+        train.detail = {
+            "first_step_after_launch_s": round(summary["first_step_unix_time"] - launched, 1),
+            "first_step_after_train_start_s": round(summary["seconds_to_first_step"], 1),
+            "steps": summary["global_step"],
+            "seconds_per_step": round(step_seconds, 3),
+            "windows": summary["num_windows"],
+            "train_targets": summary["num_train_targets"],
+            "steps_per_epoch": summary["steps_per_epoch"],
+            "validation_users": size["eval_users"],
+            "validation_ndcg@10": summary["last_validation"].get("ndcg@10"),
+            "epoch_hours_this_machine": round(summary["steps_per_epoch"] * step_seconds / 3600, 2),
+        }
 
-    model = run_dir / "final"
-    probe, _ = stage("probe", python(PROBE.format(root=str(ROOT), model=str(model), dataset=str(dataset), cache=str(cache))))
-    probe.detail = json.loads((logs / "probe.log").read_text().strip().splitlines()[-1])
-    save()
+        model = run_dir / "final"
+        probe, _ = stage("probe", python(PROBE.format(root=str(ROOT), model=str(model), dataset=str(dataset), cache=str(cache))))
+        probe.detail = json.loads((logs / "probe.log").read_text().strip().splitlines()[-1])
+        save()
 
-    result["targets"]["first training step < 2 min after launch"] = (
-        train.detail["first_step_after_launch_s"] < TARGETS["first_step_s"]
-    )
+        result["targets"]["first training step < 2 min after launch"] = (
+            train.detail["first_step_after_launch_s"] < TARGETS["first_step_s"]
+        )
+        return model
+
+    model = args.model.resolve() if args.model else train_and_probe()
 
     def evaluate(name: str, splits: list[str]) -> dict:
         path = workdir / f"{name.replace(' ', '_')}.json"
@@ -456,19 +461,21 @@ def format_table(result: dict) -> str:
             f"{s['load_before']:>5.1f}->{s['load_after']:<5.1f}  {rate}"
         )
     stages = {s["name"]: s for s in result["stages"]}
-    train = stages["train"]["detail"]
-    lines.append(
-        f"train: first step {train['first_step_after_launch_s']}s after launch, {train['seconds_per_step']}s/step, "
-        f"{train['steps_per_epoch']:,} steps/epoch -> {train['epoch_hours_this_machine']} h/epoch on this machine"
-    )
+    if "train" in stages:
+        train = stages["train"]["detail"]
+        lines.append(
+            f"train: first step {train['first_step_after_launch_s']}s after launch, {train['seconds_per_step']}s/step, "
+            f"{train['steps_per_epoch']:,} steps/epoch -> {train['epoch_hours_this_machine']} h/epoch on this machine"
+        )
     for name in ("evaluate", "evaluate cold"):
         for split, r in stages.get(name, {}).get("detail", {}).items():
             lines.append(f"{split}: {r['examples']:,} examples in {r['seconds']:,.1f}s ({r['examples_per_s']:,}/s), ndcg@10 {r['ndcg@10']:.4f}")
-    probe = stages["probe"]["detail"]
-    lines.append(
-        f"probe: collation {probe['collate_seconds_per_batch'] * 1000:.0f} ms/batch ({probe['collate_cpu_seconds_per_batch'] * 1000:.0f} "
-        f"cpu-ms), {probe['flops_per_step'] / 1e9:.1f} GFLOP and {probe['ops_per_step']:,} tensor ops per training step"
-    )
+    if "probe" in stages:
+        probe = stages["probe"]["detail"]
+        lines.append(
+            f"probe: collation {probe['collate_seconds_per_batch'] * 1000:.0f} ms/batch ({probe['collate_cpu_seconds_per_batch'] * 1000:.0f} "
+            f"cpu-ms), {probe['flops_per_step'] / 1e9:.1f} GFLOP and {probe['ops_per_step']:,} tensor ops per training step"
+        )
     lines += [f"target {name}: {'met' if ok else 'MISSED'}" for name, ok in result["targets"].items()]
     return "\n".join(lines)
 
@@ -483,7 +490,6 @@ def format_input_table(result: dict) -> str:
             if isinstance(r, dict):
                 lines.append(f"{stage['name']:<28} {path:<22} {r['windows_per_s']:>9,.1f} windows/s  "
                              f"{r['bytes_to_device_per_batch'] / 1e6:>7.1f} MB/batch to the device  [{stage['load_before']}]")  # fmt: skip
-    lines += [f"target {name}: {'met' if ok else 'MISSED'}" for name, ok in result["targets"].items()]
     return "\n".join(lines)
 
 
@@ -503,7 +509,13 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset-only", action="store_true",
         help="only generate and prepare WORKDIR/dataset and build its text cache (bench/gpu_check.sh)",
     )  # fmt: skip
+    parser.add_argument(
+        "--model", type=Path,
+        help="evaluate and export this saved model instead of training one (the stage timings do not depend on the "
+        "weights; no train or probe stage)",
+    )  # fmt: skip
     parser.add_argument("--input-only", action="store_true", help="stop after the input-pipeline stages")
+    parser.add_argument("--no-input", action="store_true", help="skip the input-pipeline stages")
     parser.add_argument("--input-batch-size", type=int, default=256, help="batch size of the input-pipeline stages")
     parser.add_argument("--input-batches", type=int, default=60, help="timed batches per input-pipeline measurement")
     parser.add_argument(
@@ -528,7 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset_only:
         print(f"dataset ready: {result['dataset']}")
         return 0
-    print(format_table(result) if not args.input_only else format_input_table(result))
+    print(format_table(result))
+    if any(stage["name"].startswith("input") for stage in result["stages"]):
+        print(format_input_table(result))
     print(f"wrote {output}")
     return 0
 

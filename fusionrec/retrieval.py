@@ -71,6 +71,32 @@ def user_vectors(
     return torch.cat(parts) if parts else torch.zeros(0, movie_vectors.shape[1], device=device)
 
 
+@torch.no_grad()
+def dated_user_vectors(model, sequences: Sequences, movie_vectors: torch.Tensor, *, as_of: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """User vectors as of several times each, (len(sequences), dates, hidden), equal to `user_vectors` once per date.
+    Each history is encoded once, its window cut at the latest date, and every date whose own window starts at the
+    same step (it only cuts that window's end) reads its causal state from it; the others (a long history whose window
+    as of an earlier date starts earlier) are encoded as of their own date."""
+    model.eval()
+    window = model.config.max_history_length
+    as_of = np.asarray(as_of, dtype=np.int64)
+    latest = sequences.until(as_of.max(axis=1, initial=np.iinfo(np.int64).min))
+    start = np.maximum(latest.starts, latest.stops - window)
+    vectors = torch.zeros(len(sequences), as_of.shape[1], movie_vectors.shape[1], device=movie_vectors.device)
+    for first in range(0, len(sequences), batch_size):
+        indices = np.arange(first, min(first + batch_size, len(sequences)))
+        batch = to_device(gather_windows(latest, indices, max_length=window), movie_vectors.device)
+        batch.pop("target_mask")
+        query = torch.from_numpy(as_of[indices]).to(movie_vectors.device)
+        vectors[torch.from_numpy(indices)] = model.calculate_user_feature(**batch, movie_vectors=movie_vectors, as_of=query).float()
+    for date in range(as_of.shape[1]):
+        cut = sequences.until(as_of[:, date])
+        own = np.flatnonzero(np.maximum(cut.starts, cut.stops - window) != start)
+        if len(own):
+            vectors[torch.from_numpy(own), date] = user_vectors(model, cut.subset(own), movie_vectors, as_of=as_of[own, date], batch_size=batch_size)
+    return vectors
+
+
 class ExactSearch:
     """Exact top-K by batched matmul over the catalog (or the candidate movies)."""
 

@@ -22,7 +22,7 @@ from fusionrec.data.sequences import (
     pad_histories,
     training_windows,
 )
-from fusionrec.retrieval import ExactSearch
+from fusionrec.retrieval import ExactSearch, dated_user_vectors, user_vectors
 from fusionrec.training.batches import EpochBatchSampler, KeyedWindows, built_batch
 
 
@@ -203,6 +203,28 @@ def test_sequences_cut_as_of_a_time_equal_cutting_each_history():
         reference = history_until(sequences[i], int(time))
         assert cut[i].movies.tolist() == reference.movies.tolist() and cut[i].user_index == reference.user_index
     assert (cut.lengths() < sequences.lengths()).any() and (cut.lengths() > 0).any()
+
+
+def test_dated_user_vectors_from_one_encoding_equal_one_call_per_date():
+    from tiny import tiny_config
+
+    from modeling_fusionrec import FusionModel
+
+    torch.manual_seed(0)
+    model = FusionModel(tiny_config(num_movies=30, num_users=60, use_text=False, max_history_length=6)).eval()
+    movie_vectors = torch.nn.functional.normalize(torch.randn(30, 32), dim=-1)
+    sequences = _rows().sequences()
+    rng = np.random.default_rng(3)
+    as_of = np.stack([rng.integers(0, 10**9, len(sequences)), np.full(len(sequences), 6 * 10**8),
+                      np.full(len(sequences), 2 * 10**9)], axis=1)  # fmt: skip
+    dated = dated_user_vectors(model, sequences, movie_vectors, as_of=as_of, batch_size=16)
+    for date in range(as_of.shape[1]):
+        alone = user_vectors(model, sequences, movie_vectors, as_of=as_of[:, date], batch_size=16)
+        torch.testing.assert_close(dated[:, date], alone, rtol=0, atol=1e-5)
+    # both kinds occur: dates that only cut the end of the latest window, and long histories whose window moves
+    window = [sequences.until(as_of[:, d]) for d in range(3)]
+    moved = [np.maximum(w.starts, w.stops - 6) != np.maximum(window[2].starts, window[2].stops - 6) for w in window]
+    assert moved[0].any() and (~moved[0] & (window[0].lengths() < window[2].lengths())).any()
 
 
 def _assert_equal(one, other) -> None:
