@@ -127,7 +127,8 @@ print(json.dumps({{"collate_seconds_per_batch": collate_s, "collate_cpu_seconds_
                   "ops_per_step": CountOps.count, "targets_per_batch": int(batch["target_mask"].sum()),
                   "candidates_per_batch": int(len(batch["movie_inputs"]["movie_indices"]))}}))
 """
-# The training data path alone (windows, negatives, features; no model), at --input-batch-size. "row by row" is the
+# The training data path alone (windows, negatives, features; no model), at --input-batch-size and
+# train_accelerate.py's default 50-step windows. "row by row" is the
 # collator fed a list of windows with the text states gathered in (today's loader before issue 23; it also runs on
 # --baseline-root, a checkout of the code before, since it uses only the API both share); "gathered" is the loader
 # train_accelerate.py builds, at 0-2 DataLoader workers, the text states left for the device.
@@ -146,7 +147,7 @@ from modeling_fusionrec import text_encoder_hidden_size
 
 size, batches, gathered = {batch_size}, {batches}, {gathered}
 config = FusionRecConfig.from_feature_spec({dataset!r}, text_encoder_name_or_path={encoder!r},
-    text_hidden_size=text_encoder_hidden_size({encoder!r}), text_max_length={tokens})
+    text_hidden_size=text_encoder_hidden_size({encoder!r}), text_max_length={tokens}, max_history_length=50)
 catalog, _ = load_catalog({dataset!r}, config, cache_root={cache!r}, show_progress=False)
 train = training_part(read_sequences(load_tables({dataset!r})[1]), "leave_one_out", catalog.cold_item.numpy()).nonempty()
 windows = training_windows(train, window=config.max_history_length)
