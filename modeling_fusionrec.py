@@ -621,12 +621,16 @@ class FusionModel(FusionPreTrainedModel):
     ) -> Tensor:
         """L2-normalised user vectors as of a time (unix seconds, one per user or one for all; default: each user's
         last rating). Ratings after `as_of` are ignored. `movie_vectors` is the catalog matrix (num_movies, hidden)
-        from `calculate_movie_feature`. Histories are time-ordered and right-padded; an empty history is allowed."""
+        from `calculate_movie_feature`. Histories are time-ordered and right-padded; an empty history is allowed.
+        `as_of` of shape (batch, dates) gives (batch, dates, hidden): each history is encoded once and every date
+        reads its own causal state, the same vectors as one call per date (attention is causal)."""
         self._check_history(history_movie_indices, history_ratings, history_timestamps, history_mask)
         mask = history_mask
+        dated = as_of is not None and torch.as_tensor(as_of).dim() == 2
         if as_of is not None:
-            as_of = torch.as_tensor(as_of, dtype=torch.int64, device=mask.device).expand(mask.shape[0])
-            mask = mask & (history_timestamps <= as_of[:, None])
+            as_of = torch.as_tensor(as_of, dtype=torch.int64, device=mask.device)
+            as_of = as_of if dated else as_of.expand(mask.shape[0])[:, None]
+            mask = mask & (history_timestamps <= as_of.max(dim=1).values[:, None])
         if user_indices is None:
             user_indices = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
         self._check_index("user_indices", user_indices, self.config.num_users)
@@ -636,14 +640,18 @@ class FusionModel(FusionPreTrainedModel):
             timestamps=history_timestamps,
             mask=mask,
         )
-        lengths = mask.sum(dim=1)
-        last_time = F.pad(history_timestamps, (1, 0)).gather(1, lengths[:, None]).squeeze(1)
+        if as_of is None:
+            lengths = mask.sum(dim=1, keepdim=True)
+        else:
+            lengths = (mask.unsqueeze(1) & (history_timestamps.unsqueeze(1) <= as_of.unsqueeze(2))).sum(dim=2)
+        last_time = F.pad(history_timestamps, (1, 0)).gather(1, lengths)
         query = as_of if as_of is not None else last_time
-        final_state = states[torch.arange(states.shape[0], device=states.device), lengths]
+        read = states.gather(1, repeat(lengths, "b d -> b d h", h=states.shape[-1]))
         user = self.user_tower.read_out(
-            final_state, user_indices=user_indices, query_times=query, previous_times=last_time, has_previous=lengths > 0
+            read, user_indices=user_indices, query_times=query, previous_times=last_time, has_previous=lengths > 0
         )
-        return F.normalize(user, dim=-1)
+        user = F.normalize(user, dim=-1)
+        return user if dated else user.squeeze(1)
 
     def predict_rating(self, user_vectors: Tensor, movie_vectors: Tensor) -> Tensor:
         """Rating of each (user, movie) pair from their vectors (as returned by the calculate_* methods)."""

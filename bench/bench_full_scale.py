@@ -55,7 +55,7 @@ SIZES = {
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_TOKENS = 32
 GB = 1e9
-TARGETS = {"peak_rss_bytes": 8 * GB, "first_step_s": 120.0, "loo_evaluation_s": 600.0, "export_s": 300.0}
+TARGETS = {"peak_rss_bytes": 8 * GB, "input_windows_per_s": 6000, "first_step_s": 120.0, "loo_evaluation_s": 600.0, "export_s": 300.0}
 # The quality benchmark's model settings (README, bench/README.md): hidden 64, 50-step windows, batch 32.
 TRAIN_OPTIONS = [
     "--text-max-length", str(TEXT_TOKENS), "--perceiver-depth", "1",
@@ -126,6 +126,67 @@ print(json.dumps({{"collate_seconds_per_batch": collate_s, "collate_cpu_seconds_
                   "flops_per_step": flops.get_total_flops(),
                   "ops_per_step": CountOps.count, "targets_per_batch": int(batch["target_mask"].sum()),
                   "candidates_per_batch": int(len(batch["movie_inputs"]["movie_indices"]))}}))
+"""
+# The training data path alone (windows, negatives, features; no model), at --input-batch-size and
+# train_accelerate.py's default 50-step windows. "row by row" is the
+# collator fed a list of windows with the text states gathered in (today's loader before issue 23; it also runs on
+# --baseline-root, a checkout of the code before, since it uses only the API both share); "gathered" is the loader
+# train_accelerate.py builds, at 0-2 DataLoader workers, the text states left for the device.
+PIPELINE = """
+import json, sys, time
+import numpy as np
+import torch
+sys.path.insert(0, {root!r})
+from configuration_fusionrec import FusionRecConfig
+from fusionrec.data.catalog import load_catalog
+from fusionrec.data.collator import TrainingCollator, movie_frequency
+from fusionrec.data.loading import load_tables
+from fusionrec.data.sequences import read_sequences, training_part, training_windows
+from fusionrec.training.batches import EpochBatchSampler
+from modeling_fusionrec import text_encoder_hidden_size
+
+size, batches, gathered = {batch_size}, {batches}, {gathered}
+config = FusionRecConfig.from_feature_spec({dataset!r}, text_encoder_name_or_path={encoder!r},
+    text_hidden_size=text_encoder_hidden_size({encoder!r}), text_max_length={tokens}, max_history_length=50)
+catalog, _ = load_catalog({dataset!r}, config, cache_root={cache!r}, show_progress=False)
+train = training_part(read_sequences(load_tables({dataset!r})[1]), "leave_one_out", catalog.cold_item.numpy()).nonempty()
+windows = training_windows(train, window=config.max_history_length)
+options = dict(config=config, movie_frequency=movie_frequency(train, len(catalog)), negative_pool=np.arange(len(catalog)),
+               num_negatives=128, seed=0)
+sampler = EpochBatchSampler(len(windows), batch_size=size, seed=0)
+
+def nbytes(value):
+    if isinstance(value, dict):
+        return sum(nbytes(inner) for inner in value.values())
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
+
+def timed(batch_iterator, count):
+    first = next(batch_iterator)  # outside the clock: worker start-up
+    start, cpu, crossing = time.perf_counter(), time.process_time(), []
+    for _, batch in zip(range(count), batch_iterator):
+        crossing.append(nbytes(batch))
+    wall = time.perf_counter() - start
+    return {{"windows_per_s": round(count * size / wall, 1), "seconds_per_batch": round(wall / count, 4),
+             "main_cpu_seconds_per_batch": round((time.process_time() - cpu) / count, 4),
+             "bytes_to_device_per_batch": int(np.mean(crossing)), "batches": count}}, first
+
+result = {{"batch_size": size, "windows": len(windows)}}
+if not gathered:
+    collator = TrainingCollator(catalog, **options)
+    keyed = (collator([windows[index] for _, _, index in keys], batch_key=keys[0][:2]) for keys in sampler)
+    result["row by row"], _ = timed(keyed, batches)
+else:
+    from fusionrec.training.batches import KeyedWindows, built_batch
+    collator = TrainingCollator(catalog, text_states=False, **options)
+    for workers in (0, 1, 2):
+        loader = torch.utils.data.DataLoader(KeyedWindows(windows, collator), batch_sampler=sampler,
+                                             collate_fn=built_batch, num_workers=workers)
+        result[f"gathered, {{workers}} workers"], first = timed(iter(loader), batches)
+    start = time.perf_counter()
+    for _ in range(10):
+        catalog.text_inputs(first["movie_inputs"]["movie_indices"])
+    result["text states gathered where they live, seconds per batch"] = round((time.perf_counter() - start) / 10, 4)
+print(json.dumps(result))
 """
 
 
@@ -284,43 +345,68 @@ def run(args: argparse.Namespace, workdir: Path, output: Path | None) -> dict:
     if args.dataset_only:
         return {"dataset": str(dataset), "text_cache": str(cache), "stages": [asdict(s) for s in stages]}
 
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    shutil.rmtree(run_dir, ignore_errors=True)
-    train, launched = stage("train", [
-        accelerate, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", str(ROOT / "train_accelerate.py"), "--cpu", "--dataset", str(dataset),
-        "--output-dir", str(run_dir), "--text-cache-dir", str(cache), "--max-steps", str(size["steps"]),
-        "--max-eval-users", str(size["eval_users"]), "--text-encoder", args.text_encoder, *TRAIN_OPTIONS,
-    ])  # fmt: skip
-    save()
-    summary = json.loads((run_dir / "train_summary.json").read_text())
-    rates = [entry["throughput/targets_per_second"] for entry in summary["history"] if "throughput/targets_per_second" in entry]
-    steps_per_second = [entry["throughput/sequences_per_second"] / 32 for entry in summary["history"]
-                        if "throughput/sequences_per_second" in entry]  # fmt: skip
-    targets_per_second = median(rates[1:] or rates)  # the first interval holds the warm-up
-    step_seconds = 1.0 / median(steps_per_second[1:] or steps_per_second)
-    train.throughput, train.throughput_unit = round(targets_per_second, 1), "targets/s"
-    train.detail = {
-        "first_step_after_launch_s": round(summary["first_step_unix_time"] - launched, 1),
-        "first_step_after_train_start_s": round(summary["seconds_to_first_step"], 1),
-        "steps": summary["global_step"],
-        "seconds_per_step": round(step_seconds, 3),
-        "windows": summary["num_windows"],
-        "train_targets": summary["num_train_targets"],
-        "steps_per_epoch": summary["steps_per_epoch"],
-        "validation_users": size["eval_users"],
-        "validation_ndcg@10": summary["last_validation"].get("ndcg@10"),
-        "epoch_hours_this_machine": round(summary["steps_per_epoch"] * step_seconds / 3600, 2),
-    }
+    def input_pipeline(name: str, root: Path, *, gathered: bool) -> Stage:
+        measured, _ = stage(name, python(PIPELINE.format(
+            root=str(root), dataset=str(dataset), cache=str(cache), encoder=args.text_encoder, tokens=TEXT_TOKENS,
+            batch_size=args.input_batch_size, batches=args.input_batches, gathered=gathered,
+        )))  # fmt: skip
+        measured.detail = json.loads((logs / f"{name.replace(' ', '_')}.log").read_text().strip().splitlines()[-1])
+        save()
+        return measured
 
-    model = run_dir / "final"
-    probe, _ = stage("probe", python(PROBE.format(root=str(ROOT), model=str(model), dataset=str(dataset), cache=str(cache))))
-    probe.detail = json.loads((logs / "probe.log").read_text().strip().splitlines()[-1])
-    save()
+    if args.input_only or not args.no_input:
+        if args.baseline_root:
+            input_pipeline("input row by row (baseline)", args.baseline_root.resolve(), gathered=False)
+        input_pipeline("input row by row", ROOT, gathered=False)
+        pipeline = input_pipeline("input gathered", ROOT, gathered=True)
+        best = max(v["windows_per_s"] for k, v in pipeline.detail.items() if k.startswith("gathered"))
+        pipeline.throughput, pipeline.throughput_unit = best, f"windows/s (batch {args.input_batch_size}, best worker count)"
+        result["targets"][f"input pipeline >= {TARGETS['input_windows_per_s']:,} windows/s"] = best >= TARGETS["input_windows_per_s"]
+        save()
+    if args.input_only:
+        return result
 
-    result["targets"]["first training step < 2 min after launch"] = (
-        train.detail["first_step_after_launch_s"] < TARGETS["first_step_s"]
-    )
+    def train_and_probe() -> Path:
+        accelerate = str(Path(sys.executable).with_name("accelerate"))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        train, launched = stage("train", [
+            accelerate, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", str(ROOT / "train_accelerate.py"), "--cpu", "--dataset", str(dataset),
+            "--output-dir", str(run_dir), "--text-cache-dir", str(cache), "--max-steps", str(size["steps"]),
+            "--max-eval-users", str(size["eval_users"]), "--text-encoder", args.text_encoder, *TRAIN_OPTIONS,
+        ])  # fmt: skip
+        save()
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        rates = [entry["throughput/targets_per_second"] for entry in summary["history"] if "throughput/targets_per_second" in entry]
+        steps_per_second = [entry["throughput/sequences_per_second"] / 32 for entry in summary["history"]
+                            if "throughput/sequences_per_second" in entry]  # fmt: skip
+        targets_per_second = median(rates[1:] or rates)  # the first interval holds the warm-up
+        step_seconds = 1.0 / median(steps_per_second[1:] or steps_per_second)
+        train.throughput, train.throughput_unit = round(targets_per_second, 1), "targets/s"
+        train.detail = {
+            "first_step_after_launch_s": round(summary["first_step_unix_time"] - launched, 1),
+            "first_step_after_train_start_s": round(summary["seconds_to_first_step"], 1),
+            "steps": summary["global_step"],
+            "seconds_per_step": round(step_seconds, 3),
+            "windows": summary["num_windows"],
+            "train_targets": summary["num_train_targets"],
+            "steps_per_epoch": summary["steps_per_epoch"],
+            "validation_users": size["eval_users"],
+            "validation_ndcg@10": summary["last_validation"].get("ndcg@10"),
+            "epoch_hours_this_machine": round(summary["steps_per_epoch"] * step_seconds / 3600, 2),
+        }
+
+        model = run_dir / "final"
+        probe, _ = stage("probe", python(PROBE.format(root=str(ROOT), model=str(model), dataset=str(dataset), cache=str(cache))))
+        probe.detail = json.loads((logs / "probe.log").read_text().strip().splitlines()[-1])
+        save()
+
+        result["targets"]["first training step < 2 min after launch"] = (
+            train.detail["first_step_after_launch_s"] < TARGETS["first_step_s"]
+        )
+        return model
+
+    model = args.model.resolve() if args.model else train_and_probe()
 
     def evaluate(name: str, splits: list[str]) -> dict:
         path = workdir / f"{name.replace(' ', '_')}.json"
@@ -376,20 +462,35 @@ def format_table(result: dict) -> str:
             f"{s['load_before']:>5.1f}->{s['load_after']:<5.1f}  {rate}"
         )
     stages = {s["name"]: s for s in result["stages"]}
-    train = stages["train"]["detail"]
-    lines.append(
-        f"train: first step {train['first_step_after_launch_s']}s after launch, {train['seconds_per_step']}s/step, "
-        f"{train['steps_per_epoch']:,} steps/epoch -> {train['epoch_hours_this_machine']} h/epoch on this machine"
-    )
+    if "train" in stages:
+        train = stages["train"]["detail"]
+        lines.append(
+            f"train: first step {train['first_step_after_launch_s']}s after launch, {train['seconds_per_step']}s/step, "
+            f"{train['steps_per_epoch']:,} steps/epoch -> {train['epoch_hours_this_machine']} h/epoch on this machine"
+        )
     for name in ("evaluate", "evaluate cold"):
         for split, r in stages.get(name, {}).get("detail", {}).items():
             lines.append(f"{split}: {r['examples']:,} examples in {r['seconds']:,.1f}s ({r['examples_per_s']:,}/s), ndcg@10 {r['ndcg@10']:.4f}")
-    probe = stages["probe"]["detail"]
-    lines.append(
-        f"probe: collation {probe['collate_seconds_per_batch'] * 1000:.0f} ms/batch ({probe['collate_cpu_seconds_per_batch'] * 1000:.0f} "
-        f"cpu-ms), {probe['flops_per_step'] / 1e9:.1f} GFLOP and {probe['ops_per_step']:,} tensor ops per training step"
-    )
+    if "probe" in stages:
+        probe = stages["probe"]["detail"]
+        lines.append(
+            f"probe: collation {probe['collate_seconds_per_batch'] * 1000:.0f} ms/batch ({probe['collate_cpu_seconds_per_batch'] * 1000:.0f} "
+            f"cpu-ms), {probe['flops_per_step'] / 1e9:.1f} GFLOP and {probe['ops_per_step']:,} tensor ops per training step"
+        )
     lines += [f"target {name}: {'met' if ok else 'MISSED'}" for name, ok in result["targets"].items()]
+    return "\n".join(lines)
+
+
+def format_input_table(result: dict) -> str:
+    """The input-pipeline stages: windows/s per path and worker count, and what crosses to the device per batch."""
+    lines = [f"input pipeline, {result['sizes']['ratings']:,} ratings; load average before each stage in brackets"]
+    for stage in result["stages"]:
+        if not stage["name"].startswith("input"):
+            continue
+        for path, r in stage["detail"].items():
+            if isinstance(r, dict):
+                lines.append(f"{stage['name']:<28} {path:<22} {r['windows_per_s']:>9,.1f} windows/s  "
+                             f"{r['bytes_to_device_per_batch'] / 1e6:>7.1f} MB/batch to the device  [{stage['load_before']}]")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -409,6 +510,19 @@ def main(argv: list[str] | None = None) -> int:
         "--dataset-only", action="store_true",
         help="only generate and prepare WORKDIR/dataset and build its text cache (bench/gpu_check.sh)",
     )  # fmt: skip
+    parser.add_argument(
+        "--model", type=Path,
+        help="evaluate and export this saved model instead of training one (the stage timings do not depend on the "
+        "weights; no train or probe stage)",
+    )  # fmt: skip
+    parser.add_argument("--input-only", action="store_true", help="stop after the input-pipeline stages")
+    parser.add_argument("--no-input", action="store_true", help="skip the input-pipeline stages")
+    parser.add_argument("--input-batch-size", type=int, default=256, help="batch size of the input-pipeline stages")
+    parser.add_argument("--input-batches", type=int, default=60, help="timed batches per input-pipeline measurement")
+    parser.add_argument(
+        "--baseline-root", type=Path,
+        help="a checkout of the code before (e.g. `git archive COMMIT`): its row-by-row input path is measured too",
+    )  # fmt: skip
     parser.add_argument("--text-encoder", default=ENCODER, help="frozen text encoder (Hub name or local folder)")
     parser.add_argument("--text-cache-dir", type=Path, help="text cache root (default WORKDIR/text-cache)")
     args = parser.parse_args(argv)
@@ -416,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dataset-only needs --workdir (the dataset stays there)")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-full-scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    output = None if args.dataset_only else args.output or BENCH / "results" / f"full_scale{'_quick' if args.quick else ''}.json"
+    output = None if args.dataset_only else args.output or BENCH / "results" / (
+        f"full_scale{'_quick' if args.quick else ''}{'_input' if args.input_only else ''}.json"
+    )
     try:
         result = run(args, workdir, output)
     finally:
@@ -426,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dataset ready: {result['dataset']}")
         return 0
     print(format_table(result))
+    if any(stage["name"].startswith("input") for stage in result["stages"]):
+        print(format_input_table(result))
     print(f"wrote {output}")
     return 0
 

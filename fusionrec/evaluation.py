@@ -58,17 +58,21 @@ def rank_examples(
     if search is None:
         search = ExactSearch(movie_vectors, examples.candidate_mask)
     ranked, predicted, users_out = [], [], []
+    histories = examples.history_windows()
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="ranking", unit="batch", disable=not show_progress, mininterval=5):
         part = slice(start, start + batch_size)
         users = user_vectors(
             model,
-            examples.histories[part],
+            histories.subset(part),
             movie_vectors,
             as_of=examples.target_timestamps[part] if query_at_target else None,
             batch_size=batch_size,
         )
-        indices, _ = search.search(users, examples.exclusions(part), k)
+        if isinstance(search, ExactSearch):
+            indices, _ = search.search_pairs(users, examples.exclusion_pairs(part), k)
+        else:
+            indices, _ = search.search(users, examples.exclusions(part), k)
         ranked.append(indices)
         targets = torch.from_numpy(examples.targets[part]).to(movie_vectors.device)
         predicted.append(model.predict_rating(users, movie_vectors[targets]).float().cpu().numpy())

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from fusionrec.cli import format_time, open_session, parse_date, run_command
 from fusionrec.errors import CommandError
 from fusionrec.io import atomic_output, atomic_write_text, check_writable, remove_path
-from fusionrec.retrieval import user_vectors
+from fusionrec.retrieval import dated_user_vectors
 
 PARTS = ".parts"
 
@@ -80,28 +80,29 @@ def movies_table(session, movie_vectors: torch.Tensor) -> pa.Table:
     return pa.table(columns)
 
 
-def compute_user_chunk(session, rows: range, movie_vectors: torch.Tensor, as_of: int | None, batch_size: int) -> pa.Table:
-    """One chunk of the users table as of a time (None: each user's last rating)."""
-    sequences = [session.sequence(row) for row in rows]
-    vectors = user_vectors(session.model, sequences, movie_vectors, as_of=as_of, batch_size=batch_size)
-    if as_of is None:
-        counts = [len(s.movies) for s in sequences]
-        times = [int(s.timestamps[-1]) if len(s.timestamps) else None for s in sequences]
-        label = "last"
-    else:
-        counts = [int((s.timestamps <= as_of).sum()) for s in sequences]
-        times = [as_of] * len(sequences)
-        label = format_time(as_of)
-    return pa.table(
-        {
-            "user_index": pa.array([s.user_index for s in sequences], pa.int32()),
+def compute_user_chunk(
+    session, rows: range, movie_vectors: torch.Tensor, dates: Sequence[int | None], batch_size: int
+) -> list[pa.Table]:
+    """One chunk of the users table as of each date (None: each user's last rating), every history encoded once
+    (`dated_user_vectors`)."""
+    sequences = session.rows.sequences(slice(rows.start, rows.stop))
+    nonempty = sequences.lengths() > 0
+    last = np.where(nonempty, sequences.timestamps[np.maximum(sequences.stops - 1, 0)] if nonempty.any() else 0, 0)
+    as_of = np.stack([last if t is None else np.full(len(sequences), t, dtype=np.int64) for t in dates], axis=1)
+    vectors = dated_user_vectors(session.model, sequences, movie_vectors, as_of=as_of,
+                                 batch_size=batch_size)  # fmt: skip
+    tables = []
+    for number, date in enumerate(dates):
+        counts = sequences.until(as_of[:, number]).lengths()
+        tables.append(pa.table({
+            "user_index": pa.array(sequences.user_index, pa.int32()),
             "user_id": pa.array(session.user_ids[rows.start : rows.stop], pa.int64()),
-            "as_of": pa.array([label] * len(sequences), pa.string()),
-            "as_of_timestamp": pa.array(times, pa.int64()),
+            "as_of": pa.array(["last" if date is None else format_time(date)] * len(sequences), pa.string()),
+            "as_of_timestamp": pa.array(as_of[:, number], pa.int64(), mask=~nonempty if date is None else None),
             "num_ratings": pa.array(counts, pa.int32()),
-            "vector": vector_array(vectors),
-        }
-    )
+            "vector": vector_array(vectors[:, number]),
+        }))  # fmt: skip
+    return tables
 
 
 def fingerprint(session, model_name: str, as_of: int | None, chunk_size: int) -> str:
@@ -120,35 +121,42 @@ def export_users(
     session,
     output: Path,
     *,
-    stem: str,
-    as_of: int | None,
+    targets: Sequence[tuple[str, int | None, str]],
     movie_vectors: torch.Tensor,
     chunk_size: int,
     batch_size: int,
-    key: str,
     formats: Sequence[str],
     show_progress: bool,
 ) -> list[Path]:
-    """Users as of one time, chunk by chunk into resumable part files, then combined into the final file(s)."""
-    parts = output / PARTS / stem
-    stamp = parts / "fingerprint.txt"
-    if parts.exists() and (not stamp.is_file() or stamp.read_text() != key):
-        shutil.rmtree(parts)  # parts of another model, dataset, date or chunking: start over
-    parts.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, key)
+    """Users as of each (stem, date, fingerprint) target, chunk by chunk into resumable part files (all dates of a
+    chunk at once, so each history is encoded once), then combined into the final file(s) per target."""
+    folders = []
+    for stem, _, key in targets:
+        parts = output / PARTS / stem
+        stamp = parts / "fingerprint.txt"
+        if parts.exists() and (not stamp.is_file() or stamp.read_text() != key):
+            shutil.rmtree(parts)  # parts of another model, dataset, date or chunking: start over
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamp, key)
+        folders.append(parts)
     total = len(session.rows)
     chunks = [range(start, min(start + chunk_size, total)) for start in range(0, total, chunk_size)]
-    bar = tqdm(total=total, desc=f"users ({stem})", unit="user", disable=not show_progress)
+    bar = tqdm(total=total, desc="users", unit="user", disable=not show_progress)
     for number, rows in enumerate(chunks):
-        path = parts / f"part-{number:05d}.parquet"
-        if not path.is_file():
-            write_table(compute_user_chunk(session, rows, movie_vectors, as_of, batch_size), path, "parquet")
+        paths = [parts / f"part-{number:05d}.parquet" for parts in folders]
+        missing = [i for i, path in enumerate(paths) if not path.is_file()]
+        if missing:
+            tables = compute_user_chunk(session, rows, movie_vectors, [targets[i][1] for i in missing], batch_size)
+            for i, table in zip(missing, tables, strict=True):
+                write_table(table, paths[i], "parquet")
         bar.update(len(rows))
     bar.close()
-    tables = [pq.read_table(parts / f"part-{number:05d}.parquet") for number in range(len(chunks))]
-    table = pa.concat_tables(tables) if tables else compute_user_chunk(session, range(0), movie_vectors, as_of, batch_size)
-    written = [write_table(table, output / f"{stem}.{fmt}", fmt) for fmt in formats]
-    shutil.rmtree(parts)
+    written = []
+    for (stem, date, _), parts in zip(targets, folders, strict=True):
+        tables = [pq.read_table(parts / f"part-{chunk:05d}.parquet") for chunk in range(len(chunks))]
+        table = pa.concat_tables(tables) if tables else compute_user_chunk(session, range(0), movie_vectors, [date], batch_size)[0]
+        written += [write_table(table, output / f"{stem}.{fmt}", fmt) for fmt in formats]
+        shutil.rmtree(parts)
     return written
 
 
@@ -195,13 +203,14 @@ def write_export(args, session, folder: Path, dates: list[int | None]) -> dict:
     movie_vectors = session.movie_vectors()
     formats = list(dict.fromkeys(args.format))
     files = [write_table(movies_table(session, movie_vectors), folder / f"movies.{fmt}", fmt) for fmt in formats]
-    targets = [("users" if t is None else f"users_as_of_{format_time(t)}", t) for t in dates]
-    for stem, as_of in targets:
-        key = fingerprint(session, str(args.model), as_of, args.chunk_size)
-        files += export_users(
-            session, folder, stem=stem, as_of=as_of, movie_vectors=movie_vectors, chunk_size=args.chunk_size,
-            batch_size=args.batch_size, key=key, formats=formats, show_progress=not args.no_progress,
-        )
+    targets = [
+        ("users" if t is None else f"users_as_of_{format_time(t)}", t, fingerprint(session, str(args.model), t, args.chunk_size))
+        for t in dates
+    ]
+    files += export_users(
+        session, folder, targets=targets, movie_vectors=movie_vectors, chunk_size=args.chunk_size,
+        batch_size=args.batch_size, formats=formats, show_progress=not args.no_progress,
+    )  # fmt: skip
     shutil.rmtree(folder / PARTS, ignore_errors=True)
     manifest = {
         "model": str(args.model),

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fusionrec.data.catalog import MovieCatalog
-from fusionrec.data.sequences import UserSequence, history_until, pad_histories
+from fusionrec.data.sequences import Sequences, UserSequence, gather_windows
 from fusionrec.errors import CommandError, one_line
 
 
@@ -39,7 +39,7 @@ def catalog_vectors(model, catalog: MovieCatalog, *, batch_size: int = 512, show
 @torch.no_grad()
 def user_vectors(
     model,
-    sequences: Sequence[UserSequence],
+    sequences: Sequence[UserSequence] | Sequences,
     movie_vectors: torch.Tensor,
     *,
     as_of: int | np.ndarray | None = None,
@@ -48,24 +48,53 @@ def user_vectors(
 ) -> torch.Tensor:
     """User vectors (len(sequences), hidden), float32, as of one time for all, one per sequence, or (None) each
     user's last rating. Ratings after `as_of` are dropped BEFORE keeping the most recent max_history_length steps, so
-    a long history read as of an early date still sees its last steps before that date. `user_indices=False` reads
-    every sequence as the unknown user (index 0)."""
+    a long history read as of an early date still sees its last steps before that date. `sequences` is a list or
+    Sequences (views on flat columns, batched by `gather_windows` with no per-sequence Python).
+    `user_indices=False` reads every sequence as the unknown user (index 0)."""
     model.eval()
     device = movie_vectors.device
+    sequences = Sequences.from_list(sequences)
     times = None if as_of is None else np.broadcast_to(np.asarray(as_of, dtype=np.int64), (len(sequences),))
+    if times is not None:
+        sequences = sequences.until(times)
     parts = []
     for start in range(0, len(sequences), batch_size):
-        stop = min(start + batch_size, len(sequences))
-        chunk = [history_until(s, None if times is None else int(times[i])) for i, s in zip(range(start, stop), sequences[start:stop], strict=True)]
-        batch = to_device(pad_histories(chunk, max_length=model.config.max_history_length), device)
+        indices = torch.arange(start, min(start + batch_size, len(sequences)))
+        batch = to_device(gather_windows(sequences, indices, max_length=model.config.max_history_length), device)
         users = batch.pop("user_indices") if user_indices else None
         batch.pop("user_indices", None)
         batch.pop("target_mask")
-        query = None if times is None else torch.from_numpy(np.array(times[start:stop], dtype=np.int64)).to(device)
+        query = None if times is None else torch.from_numpy(times[start : start + len(indices)].copy()).to(device)
         parts.append(
             model.calculate_user_feature(**batch, movie_vectors=movie_vectors, user_indices=users, as_of=query).float()
         )
     return torch.cat(parts) if parts else torch.zeros(0, movie_vectors.shape[1], device=device)
+
+
+@torch.no_grad()
+def dated_user_vectors(model, sequences: Sequences, movie_vectors: torch.Tensor, *, as_of: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """User vectors as of several times each, (len(sequences), dates, hidden), equal to `user_vectors` once per date.
+    Each history is encoded once, its window cut at the latest date, and every date whose own window starts at the
+    same step (it only cuts that window's end) reads its causal state from it; the others (a long history whose window
+    as of an earlier date starts earlier) are encoded as of their own date."""
+    model.eval()
+    window = model.config.max_history_length
+    as_of = np.asarray(as_of, dtype=np.int64)
+    latest = sequences.until(as_of.max(axis=1, initial=np.iinfo(np.int64).min))
+    start = np.maximum(latest.starts, latest.stops - window)
+    vectors = torch.zeros(len(sequences), as_of.shape[1], movie_vectors.shape[1], device=movie_vectors.device)
+    for first in range(0, len(sequences), batch_size):
+        indices = np.arange(first, min(first + batch_size, len(sequences)))
+        batch = to_device(gather_windows(latest, indices, max_length=window), movie_vectors.device)
+        batch.pop("target_mask")
+        query = torch.from_numpy(as_of[indices]).to(movie_vectors.device)
+        vectors[torch.from_numpy(indices)] = model.calculate_user_feature(**batch, movie_vectors=movie_vectors, as_of=query).float()
+    for date in range(as_of.shape[1]):
+        cut = sequences.until(as_of[:, date])
+        own = np.flatnonzero(np.maximum(cut.starts, cut.stops - window) != start)
+        if len(own):
+            vectors[torch.from_numpy(own), date] = user_vectors(model, cut.subset(own), movie_vectors, as_of=as_of[own, date], batch_size=batch_size)
+    return vectors
 
 
 class ExactSearch:
@@ -82,13 +111,18 @@ class ExactSearch:
     @torch.no_grad()
     def search(self, users: torch.Tensor, exclude: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices, scores) of shape (batch, k), best first; -1 / -inf pad rows with fewer than k candidates."""
+        rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
+        movies = np.concatenate(exclude).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+        return self.search_pairs(users, (rows, movies), k)
+
+    @torch.no_grad()
+    def search_pairs(self, users: torch.Tensor, exclude: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`search` with the exclusions as flat (user row, movie) arrays, repeats allowed."""
         scores = users.float().to(self.movie_vectors.device) @ self.movie_vectors.T
         if self.blocked is not None:
             scores.masked_fill_(self.blocked, float("-inf"))
-        rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
-        if len(rows):
-            columns = torch.from_numpy(np.concatenate(exclude).astype(np.int64)).to(scores.device)
-            scores[torch.from_numpy(rows).to(scores.device), columns] = float("-inf")
+        rows, movies = (torch.from_numpy(np.asarray(a, dtype=np.int64)).to(scores.device) for a in exclude)
+        scores[rows, movies] = float("-inf")
         top = scores.topk(min(k, scores.shape[1]), dim=1)
         return _pad_results(top.indices.cpu().numpy(), top.values.cpu().numpy(), k)
 

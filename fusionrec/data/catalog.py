@@ -121,8 +121,9 @@ class MovieCatalog:
     def attach_text_cache(self, states: torch.Tensor, lengths: torch.Tensor) -> None:
         self.text_states, self.text_lengths = states, lengths
 
-    def inputs(self, indices: torch.Tensor, *, config) -> dict:
-        """movie_inputs for these movie indices, shaped as the model's config asks."""
+    def inputs(self, indices: torch.Tensor, *, config, text_states: bool = True) -> dict:
+        """movie_inputs for these movie indices, shaped as the model's config asks (`text_states=False`: without the
+        cached text states, for `text_inputs` to add where they live)."""
         inputs = {"movie_indices": indices}
         if config.use_content_features:
             inputs["numeric"] = self.numeric[indices]
@@ -131,12 +132,25 @@ class MovieCatalog:
         if config.use_text:
             if self.text_states is None:
                 inputs["texts"] = [self.texts[i] for i in indices.tolist()]
-            else:
-                lengths = self.text_lengths[indices]
-                longest = max(int(lengths.max()), 1) if len(indices) else 1
-                inputs["text_states"] = self.text_states[indices, :longest]
-                inputs["text_mask"] = torch.arange(longest) < lengths[:, None]
+            elif text_states:
+                inputs.update(self.text_inputs(indices))
         return inputs
+
+    def text_inputs(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The cached text states and mask of these movies, on the device the states live on (see `on_device`)."""
+        indices = indices.to(self.text_states.device)
+        lengths = self.text_lengths[indices]
+        longest = max(int(lengths.max()), 1) if len(indices) else 1
+        return {
+            "text_states": self.text_states[indices, :longest],
+            "text_mask": torch.arange(longest, device=lengths.device) < lengths[:, None],
+        }
+
+    def on_device(self, device: torch.device | str) -> MovieCatalog:
+        """A copy whose text states sit on `device` (the frozen states are gathered there, never copied per batch)."""
+        if self.text_states is None:
+            return self
+        return replace(self, text_states=self.text_states.to(device), text_lengths=self.text_lengths.to(device))
 
 
 def load_catalog(

@@ -10,13 +10,15 @@ import numpy as np
 import torch
 
 from fusionrec.data.catalog import MovieCatalog
-from fusionrec.data.sequences import Sequences, UserSequence, pad_histories
+from fusionrec.data.sequences import Sequences, UserSequence, gather_windows
 
 
 class TrainingCollator:
     """Pads a batch of windows and builds its candidate movies: every movie in the batch plus `num_negatives`
     uniform samples from `negative_pool`, with log_q = log P(candidate is in the set) for the logQ correction:
-    1 - P(none of the batch's targets is it) * P(no uniform draw is it), targets drawn by training frequency."""
+    1 - P(none of the batch's targets is it) * P(no uniform draw is it), targets drawn by training frequency.
+    `text_states=False` leaves the frozen text states out of movie_inputs (the largest part of a batch): the training
+    loop gathers them where they live, on the device, with `MovieCatalog.text_inputs`."""
 
     def __init__(
         self,
@@ -27,6 +29,7 @@ class TrainingCollator:
         negative_pool: np.ndarray,
         num_negatives: int,
         seed: int,
+        text_states: bool = True,
     ) -> None:
         self.catalog = catalog
         self.config = config
@@ -37,6 +40,7 @@ class TrainingCollator:
         self.in_pool = torch.zeros(len(share), dtype=torch.bool)
         self.in_pool[self.negative_pool] = True
         self.seed = seed
+        self.text_states = text_states
         self.calls = 0
 
     def negative_generator(self, batch_key) -> torch.Generator:
@@ -45,13 +49,18 @@ class TrainingCollator:
         digest = hashlib.sha256(f"{self.seed}\0{batch_key!r}".encode()).digest()
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
-    def __call__(self, windows: list[UserSequence], *, batch_key=None) -> dict:
-        """`batch_key` (e.g. (epoch, batch number)) seeds this batch's negatives; without one, the call count is the
-        key (deterministic for a fresh collator called in order, but not for a resumed or sharded loader)."""
+    def __call__(
+        self, windows: list[UserSequence] | Sequences, *, indices: torch.Tensor | None = None, batch_key=None
+    ) -> dict:
+        """The batch of `windows` (a list), or of windows `indices` of a Sequences, gathered by offset from its flat
+        columns. `batch_key` (e.g. (epoch, batch number)) seeds this batch's negatives; without one, the call count
+        is the key (deterministic for a fresh collator called in order, but not for a resumed or sharded loader)."""
         if batch_key is None:
             batch_key = self.calls
         self.calls += 1
-        batch = pad_histories(windows, max_length=self.config.max_history_length + 1)
+        windows = Sequences.from_list(windows)
+        indices = torch.arange(len(windows)) if indices is None else indices
+        batch = gather_windows(windows, indices, max_length=self.config.max_history_length + 1)
         in_batch = batch["history_movie_indices"][batch["history_mask"]]
         generator = self.negative_generator(batch_key)
         picks = torch.randint(len(self.negative_pool), (self.num_negatives,), generator=generator)
@@ -60,7 +69,7 @@ class TrainingCollator:
         missed_in_batch = (1.0 - self.frequency_share[candidates]) ** targets
         missed_uniform = torch.where(self.in_pool[candidates], (1.0 - 1.0 / len(self.negative_pool)) ** self.num_negatives, 1.0)
         probability = 1.0 - missed_in_batch * missed_uniform
-        movie_inputs = self.catalog.inputs(candidates, config=self.config)
+        movie_inputs = self.catalog.inputs(candidates, config=self.config, text_states=self.text_states)
         movie_inputs["log_q"] = torch.log(probability.clamp(min=1e-12)).float()
         batch["movie_inputs"] = movie_inputs
         return batch

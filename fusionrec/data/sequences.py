@@ -79,6 +79,13 @@ class SequenceRows(abc.Sequence):
         row = np.repeat(np.arange(len(self)), self.lengths())
         return row, np.arange(self.offsets[-1]) - self.offsets[row]
 
+    def sequences(self, rows: slice = slice(None)) -> Sequences:
+        """These rows' whole sequences as views on the flat columns."""
+        offsets = self.offsets[:-1][rows], self.offsets[1:][rows]
+        flat = self.flat
+        return Sequences(self.scalars["user_index"][rows], flat["movie_index"], flat["rating"], flat["timestamp"],
+                         starts=offsets[0], stops=offsets[1])  # fmt: skip
+
 
 def read_sequences(sequences) -> SequenceRows:
     """The sequences table (a datasets Dataset, as `load_tables` returns it, or a pyarrow Table) as SequenceRows."""
@@ -133,10 +140,22 @@ class Sequences(abc.Sequence):
     def lengths(self) -> np.ndarray:
         return self.stops - self.starts
 
+    def subset(self, part: slice | np.ndarray) -> Sequences:
+        """The sequences in `part` (a slice, indices or a mask), views on the same columns."""
+        return Sequences(self.user_index[part], self.movies, self.ratings, self.timestamps,
+                         starts=self.starts[part], stops=self.stops[part], context=self.context[part])  # fmt: skip
+
     def nonempty(self) -> Sequences:
-        keep = self.lengths() > 0
-        return Sequences(self.user_index[keep], self.movies, self.ratings, self.timestamps,
-                         starts=self.starts[keep], stops=self.stops[keep], context=self.context[keep])  # fmt: skip
+        return self.subset(self.lengths() > 0)
+
+    def until(self, times: np.ndarray) -> Sequences:
+        """Each (time-ordered) sequence cut to its steps at or before times[i] (unix seconds): a prefix of it."""
+        lengths = self.lengths()
+        owner = np.repeat(np.arange(len(self)), lengths)
+        flat = np.arange(lengths.sum()) + np.repeat(self.starts - np.cumsum(lengths) + lengths, lengths)
+        kept = np.bincount(owner, weights=self.timestamps[flat] <= times[owner], minlength=len(self)).astype(np.int64)
+        return Sequences(self.user_index, self.movies, self.ratings, self.timestamps,
+                         starts=self.starts, stops=self.starts + kept, context=self.context)  # fmt: skip
 
     def num_targets(self) -> int:
         return int((self.lengths() - self.context).sum())
@@ -228,6 +247,27 @@ class EvaluationExamples:
             self.rows.flat["rating"][part][keep].astype(np.float32, copy=False),
             self.rows.flat["timestamp"][part][keep].astype(np.int64, copy=False),
         )
+
+    def history_windows(self) -> Sequences:
+        """Every example's history as a view on flat columns (under cold_items, columns without the cold movies), to
+        be batched by `gather_windows` with no per-example Python."""
+        offsets = self.rows.offsets[self.example_rows]
+        flat = self.rows.flat
+        columns = [flat["movie_index"], flat["rating"], flat["timestamp"]]
+        starts, stops = offsets, offsets + self.positions
+        if self.warm_only is not None:
+            keep = ~self.warm_only[flat["movie_index"]]
+            before = np.concatenate(([0], np.cumsum(keep)))
+            columns, starts, stops = [column[keep] for column in columns], before[starts], before[stops]
+        return Sequences(self.rows.scalars["user_index"][self.example_rows], *columns, starts=starts, stops=stops)
+
+    def exclusion_pairs(self, part: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """(example within `part`, movie) for every movie rated before each example's target: `exclusions` as flat
+        arrays, repeats kept (harmless when masking scores), with no per-example Python."""
+        starts, lengths = self.rows.offsets[self.example_rows[part]], self.positions[part]
+        example = np.repeat(np.arange(len(lengths)), lengths)
+        flat = np.arange(lengths.sum()) + np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        return example, self.rows.flat["movie_index"][flat].astype(np.int64)
 
     @property
     def histories(self) -> ExampleHistories:
@@ -321,30 +361,33 @@ def history_until(sequence: UserSequence, as_of: int | None) -> UserSequence:
     return UserSequence(sequence.user_index, sequence.movies[keep], sequence.ratings[keep], sequence.timestamps[keep])
 
 
-def pad_histories(sequences: list[UserSequence], *, max_length: int) -> dict[str, torch.Tensor]:
-    """Right-padded history tensors of the most recent `max_length` steps of each sequence, with the mask of the
-    steps that are training targets (all but each sequence's `context` steps)."""
-    length = max([min(len(s.movies), max_length) for s in sequences] + [0])
-    batch = len(sequences)
-    movies = np.zeros((batch, length), np.int64)
-    ratings = np.zeros((batch, length), np.float32)
-    timestamps = np.zeros((batch, length), np.int64)
-    mask = np.zeros((batch, length), bool)
-    target = np.zeros((batch, length), bool)
-    for row, sequence in enumerate(sequences):
-        dropped = max(0, len(sequence.movies) - max_length)
-        kept = slice(dropped, None)
-        count = len(sequence.movies[kept])
-        movies[row, :count] = sequence.movies[kept]
-        ratings[row, :count] = sequence.ratings[kept]
-        timestamps[row, :count] = sequence.timestamps[kept]
-        mask[row, :count] = True
-        target[row, max(0, sequence.context - dropped) : count] = True
+def gather_windows(windows: Sequences, indices: torch.Tensor | np.ndarray, *, max_length: int) -> dict[str, torch.Tensor]:
+    """Right-padded history tensors of windows `indices`, gathered by offset from the flat columns in a few array
+    ops (no per-window Python): the most recent `max_length` steps of each, with the mask of the steps that are
+    training targets (all but each window's `context` steps)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    stops, first = windows.stops[indices], windows.starts[indices]
+    starts = np.maximum(first, stops - max_length)
+    lengths = stops - starts
+    steps = np.arange(lengths.max(initial=0))
+    mask = steps < lengths[:, None]
+    flat = np.where(mask, starts[:, None] + steps, 0)
+    context = windows.context[indices] - (starts - first)
+
+    def column(values: np.ndarray, dtype) -> torch.Tensor:
+        return torch.from_numpy(np.where(mask, values[flat], 0).astype(dtype, copy=False))
+
     return {
-        "history_movie_indices": torch.from_numpy(movies),
-        "history_ratings": torch.from_numpy(ratings),
-        "history_timestamps": torch.from_numpy(timestamps),
+        "history_movie_indices": column(windows.movies, np.int64),
+        "history_ratings": column(windows.ratings, np.float32),
+        "history_timestamps": column(windows.timestamps, np.int64),
         "history_mask": torch.from_numpy(mask),
-        "target_mask": torch.from_numpy(target),
-        "user_indices": torch.tensor([s.user_index for s in sequences], dtype=torch.long),
+        "target_mask": torch.from_numpy(mask & (steps >= context[:, None])),
+        "user_indices": torch.from_numpy(windows.user_index[indices].astype(np.int64)),
     }
+
+
+def pad_histories(sequences: abc.Sequence[UserSequence], *, max_length: int) -> dict[str, torch.Tensor]:
+    """`gather_windows` of a list of sequences: all of them, in order."""
+    sequences = Sequences.from_list(sequences)
+    return gather_windows(sequences, torch.arange(len(sequences)), max_length=max_length)

@@ -48,30 +48,30 @@ class EpochBatchSampler:
 
 
 class KeyedWindows(torch.utils.data.Dataset):
-    def __init__(self, windows: Sequences) -> None:
-        self.windows = windows
+    """Training batches by key. The DataLoader hands each batch's (epoch, batch_number, window_index) keys to
+    `__getitems__` at once, which gathers the windows by offset from the flat columns and collates them in one call
+    (collate_fn: `built_batch`). Negatives are keyed by (epoch, batch_number), so the main process and any number
+    of workers build the same batches."""
+
+    def __init__(self, windows: Sequences, collator) -> None:
+        self.windows, self.collator = windows, collator
 
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, key):
-        epoch, number, index = key
-        return (epoch, number), self.windows[index]
-
-
-class KeyedCollator:
-    """Unpacks (batch key, window) items and asks the TrainingCollator for negatives keyed by (epoch, batch)."""
-
-    def __init__(self, collator) -> None:
-        self.collator = collator
-
-    def __call__(self, items):
-        keys = {key for key, _ in items}
-        if len(keys) != 1:
-            raise RuntimeError(f"a batch mixes batch keys {sorted(keys)}")
-        batch = self.collator([window for _, window in items], batch_key=keys.pop())
-        batch["num_windows"] = torch.tensor(len(items))
+    def __getitems__(self, keys: list[tuple[int, int, int]]) -> dict:
+        batch_keys = {(epoch, number) for epoch, number, _ in keys}
+        if len(batch_keys) != 1:
+            raise RuntimeError(f"a batch mixes batch keys {sorted(batch_keys)}")
+        indices = torch.tensor([index for _, _, index in keys], dtype=torch.long)
+        batch = self.collator(self.windows, indices=indices, batch_key=batch_keys.pop())
+        batch["num_windows"] = torch.tensor(len(keys))
         return batch
+
+
+def built_batch(batch: dict) -> dict:
+    """The DataLoader's collate_fn: `KeyedWindows.__getitems__` has built the batch already."""
+    return batch
 
 
 @dataclass

@@ -37,7 +37,7 @@ from fusionrec.errors import InputError, one_line
 from fusionrec.growth import grow_model, grown_config
 from fusionrec.hub import HubUploader
 from fusionrec.io import atomic_write_text
-from fusionrec.training.batches import EpochBatchSampler, KeyedCollator, KeyedWindows, load_training_data
+from fusionrec.training.batches import EpochBatchSampler, KeyedWindows, built_batch, load_training_data
 from fusionrec.training.checkpoints import (
     TrainerState,
     check_output_dir,
@@ -187,7 +187,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(even_batches=True),
+        dataloader_config=DataLoaderConfiguration(even_batches=True, non_blocking=True),
     )
     set_seed(args.seed)
     if accelerator.is_main_process:
@@ -217,17 +217,22 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         negative_pool=data.negative_pool,
         num_negatives=args.num_negatives,
         seed=args.seed,
+        text_states=False,
     )
     args.batch_size = fitted_batch_size(args.batch_size, len(data.windows), accelerator.num_processes, say)
+    # The frozen text states stay on the device; each batch carries only its movie indices across.
+    device_catalog = data.catalog.on_device(accelerator.device)
     sampler = EpochBatchSampler(
         len(data.windows), batch_size=args.batch_size, seed=args.seed, num_processes=accelerator.num_processes
     )
     # Its own generator: otherwise each new epoch iterator draws its base seed from the global torch RNG, and a
     # resumed run (one extra iterator) would drift from the uninterrupted one's dropout masks.
     loader = torch.utils.data.DataLoader(
-        KeyedWindows(data.windows),
+        KeyedWindows(data.windows, collator),
         batch_sampler=sampler,
-        collate_fn=KeyedCollator(collator),
+        collate_fn=built_batch,
+        num_workers=args.dataloader_num_workers,
+        pin_memory=accelerator.device.type == "cuda",
         generator=torch.Generator().manual_seed(args.seed),
     )
     args.max_steps, args.eval_steps = run_length(args, batches_per_epoch=len(sampler) // accelerator.num_processes)
@@ -326,6 +331,8 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         for batch in rng_neutral(epoch_loader):
             step_start = time.perf_counter()
             num_windows = batch.pop("num_windows")
+            if config.use_text:
+                batch["movie_inputs"].update(device_catalog.text_inputs(batch["movie_inputs"]["movie_indices"]))
             with accelerator.accumulate(model):
                 outputs = model(
                     batch["history_movie_indices"],

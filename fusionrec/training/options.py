@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--seed", type=int, default=0, help="seed for init, data order, negatives and dropout")
     optim.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is available")
     optim.add_argument(
+        "--dataloader-num-workers", type=int, default=0,
+        help="processes that gather training batches (the batches are the same for any number)",
+    )  # fmt: skip
+    optim.add_argument(
         "--ddp-timeout",
         type=float,
         default=1800.0,
