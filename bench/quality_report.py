@@ -172,28 +172,42 @@ def test_table(records: list[dict], context: Context) -> str:
     return "\n".join(lines)
 
 
+def slice_table(records: list[dict], title: str, columns: list[tuple[str, Callable, int, np.ndarray]]) -> str:
+    """Every model's leave_one_out test metric on slices of the test targets, mean ± half range over seeds; each
+    column is (name, per-example metric, K, mask of the targets it averages)."""
+    header = f"{'model':<24} " + " ".join(f"{name:>17}" for name, *_ in columns)
+    lines = [title, header, "-" * len(header)]
+    count = len(columns[0][3])
+    for model in MODELS:
+        found = [r for r in runs(records, model, "leave_one_out") if len(r["test_target_ranks"]) == count]
+        if found:
+            cells = [cell([float(fn(r["test_target_ranks"], k)[mask].mean()) for r in found]) for _, fn, k, mask in columns]
+            lines.append(f"{model:<24} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def head_tail_table(records: list[dict], tail: np.ndarray) -> str:
     """Recall@100 and NDCG@100 on the tail and the head of leave_one_out's test targets, for every model."""
-    columns = ("recall@100", "head recall@100", "head ndcg@100", "tail recall@100", "tail ndcg@100")
-    header = f"{'model':<24} " + " ".join(f"{name:>17}" for name in columns)
-    lines = [
-        f"leave_one_out head/tail: tail = test targets whose movie has <= {TAIL_MAX_TRAIN_RATINGS} training ratings "
-        f"(training events of the split): {int(tail.sum())} of {len(tail)} test users "
-        f"(tail share {tail.mean():.1%}); head = the rest. Mean ± half range over seeds.",
-        header,
-        "-" * len(header),
-    ]
-    for model in MODELS:
-        found = [r for r in runs(records, model, "leave_one_out") if len(r["test_target_ranks"]) == len(tail)]
-        if not found:
-            continue
-        cells = []
-        for mask, fn in ((None, recall_per_example), (~tail, recall_per_example), (~tail, ndcg_per_example),
-                         (tail, recall_per_example), (tail, ndcg_per_example)):
-            values = [fn(r["test_target_ranks"], RANK_DEPTH) for r in found]
-            cells.append(cell([float(v.mean() if mask is None else v[mask].mean()) for v in values]))
-        lines.append(f"{model:<24} " + " ".join(cells))
-    return "\n".join(lines)
+    title = (f"leave_one_out head/tail: tail = test targets whose movie has <= {TAIL_MAX_TRAIN_RATINGS} training "
+             f"ratings (training events of the split): {int(tail.sum())} of {len(tail)} test users (tail share "
+             f"{tail.mean():.1%}); head = the rest. Mean ± half range over seeds.")
+    return slice_table(records, title, [
+        ("recall@100", recall_per_example, RANK_DEPTH, np.ones_like(tail)),
+        ("head recall@100", recall_per_example, RANK_DEPTH, ~tail), ("head ndcg@100", ndcg_per_example, RANK_DEPTH, ~tail),
+        ("tail recall@100", recall_per_example, RANK_DEPTH, tail), ("tail ndcg@100", ndcg_per_example, RANK_DEPTH, tail),
+    ])
+
+
+def ties_table(records: list[dict], tied: np.ndarray) -> str:
+    """NDCG@10 and Recall@10 of every model on leave_one_out's tied and untied test targets."""
+    title = (f"leave_one_out ties: {int(tied.sum())} of {len(tied)} test targets share their second with the "
+             "validation event (the stable sort makes them the later file row); untied = the rest. Mean ± half range "
+             "over seeds.")
+    return slice_table(records, title, [
+        ("ndcg@10", ndcg_per_example, 10, np.ones_like(tied)), ("untied ndcg@10", ndcg_per_example, 10, ~tied),
+        ("tied ndcg@10", ndcg_per_example, 10, tied), ("untied recall@10", recall_per_example, 10, ~tied),
+        ("tied recall@10", recall_per_example, 10, tied),
+    ])
 
 
 # ----- targets -----
@@ -267,28 +281,6 @@ def target_t1(records, context: Context) -> list[str]:
             f"{compare(records, split, 'fusion_full', model, ndcg10)[1]}"
             for model, mean in sorted(others.items(), key=lambda item: -item[1])]
     return [head, *lines, *info]
-
-
-def ties_table(records: list[dict], tied: np.ndarray) -> str:
-    """NDCG@10 and Recall@10 of every model on leave_one_out's tied and untied test targets."""
-    columns = ("ndcg@10", "untied ndcg@10", "tied ndcg@10", "untied recall@10", "tied recall@10")
-    header = f"{'model':<24} " + " ".join(f"{name:>17}" for name in columns)
-    lines = [
-        f"leave_one_out ties: {int(tied.sum())} of {len(tied)} test targets share their second with the validation "
-        "event (the stable sort makes them the later file row); untied = the rest. Mean ± half range over seeds.",
-        header,
-        "-" * len(header),
-    ]
-    for model in MODELS:
-        found = [r for r in runs(records, model, "leave_one_out") if len(r["test_target_ranks"]) == len(tied)]
-        if not found:
-            continue
-        everyone = np.ones_like(tied)
-        cells = [cell([float(fn(r["test_target_ranks"], 10)[mask].mean()) for r in found])
-                 for fn, mask in ((ndcg_per_example, everyone), (ndcg_per_example, ~tied), (ndcg_per_example, tied),
-                                  (recall_per_example, ~tied), (recall_per_example, tied))]
-        lines.append(f"{model:<24} " + " ".join(cells))
-    return "\n".join(lines)
 
 
 def target_t2(records) -> list[str]:
