@@ -16,6 +16,7 @@ settings the record depends on: a record made with other settings is re-run), ma
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -57,7 +58,11 @@ TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 SPLITS = ("leave_one_out", "cold_items")
 K_VALUES = (10, 20)  # metrics from each model's top lists
 RANK_DEPTH = 100  # every test target's rank is stored to here (-1 beyond): Recall/NDCG@100, head/tail
-BASELINES = ("most_popular", "most_voted_tmdb", "ease")
+BASELINES = ("most_popular", "most_voted_tmdb", "ease", "content_knn")
+CONTENT_KNN_GRID = {  # chosen per split on validation NDCG@10
+    "genre_weight": (0.0, 0.5, 1.0, 2.0),  # genres' share of a movie's content vector beside its text vector
+    "weighting": ("rating", "centered"),  # a history movie's weight: its rating, or its rating minus the user's mean
+}
 FUSION_VARIANTS = {  # the ablations' arguments; the rest is train_accelerate.py's defaults
     # ids only: movie-id dropout 0.2, its best on validation NDCG@10 among 0 / 0.2 / 0.5 (seed 0: 0.067 / 0.073 /
     # 0.055); the default 0.5 is for a tower that also has content to carry a hidden id (bench/README.md)
@@ -344,9 +349,49 @@ class Ease:
         return (h @ self.x.T) @ self.mx / self.denominator
 
 
+class ContentKnn:
+    """The classic content recommender, which needs no behaviour of the movie it ranks: a movie is its frozen-encoder
+    text vector (mean-pooled token states, as sentence-transformers pools all-MiniLM-L6-v2) beside its genres
+    (multi-hot), each unit length; a user is the weighted sum of the movies they rated; a movie's score is its
+    cosine to that profile. No post-release feature is read."""
+
+    def __init__(self, catalog: MovieCatalog) -> None:
+        lengths = catalog.text_lengths.long()
+        valid = torch.arange(catalog.text_states.shape[1]) < lengths[:, None]
+        pooled = (catalog.text_states.float() * valid[..., None]).sum(1) / lengths.clamp(min=1)[:, None]
+        self.text = unit_rows(pooled.double().numpy())
+        bags = catalog.multi_valued["genres"].numpy()
+        genres = np.zeros((len(bags), int(bags.max()) + 1))
+        genres[np.repeat(np.arange(len(bags)), bags.shape[1]), bags.ravel()] = 1.0
+        genres[:, :2] = 0.0  # padding and out-of-vocabulary
+        self.genres = unit_rows(genres)
+
+    def fit(self, *, genre_weight: float, weighting: str) -> ContentKnn:
+        self.vectors = unit_rows(np.concatenate((self.text, genre_weight * self.genres), axis=1))
+        self.weighting = weighting
+        return self
+
+    def scores(self, histories: list[UserSequence]) -> np.ndarray:
+        profiles = np.zeros((len(histories), self.vectors.shape[1]))
+        for row, history in enumerate(histories):
+            ratings = history.ratings.astype(np.float64)
+            weights = ratings - ratings.mean() if self.weighting == "centered" else ratings
+            profiles[row] = weights @ self.vectors[history.movies]
+        return unit_rows(profiles) @ self.vectors.T
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+
 def baseline_config(name: str, split: str, seed: int, args) -> dict:
     config = {"model": name, "split": split, "seed": seed, "rank_depth": RANK_DEPTH}
-    return {**config, "ease_lambdas": list(args.ease_lambdas)} if name == "ease" else config
+    if name == "ease":
+        return {**config, "ease_lambdas": list(args.ease_lambdas)}
+    if name == "content_knn":
+        return {**config, "grid": {key: list(values) for key, values in CONTENT_KNN_GRID.items()},
+                "text_encoder": TEXT_ENCODER, "text_max_length": text_tokens(args)}
+    return config
 
 
 def baseline_records(name: str, split: str, seeds: list[int], data: BenchData, args, machine: dict) -> list[dict]:
@@ -387,6 +432,19 @@ def baseline_records(name: str, split: str, seeds: list[int], data: BenchData, a
                      lambda_search_cpu_seconds=round(search_cpu, 2))
         say(f"  ease {split}: validation ndcg@10 by lambda {hyper['validation_ndcg10_by_lambda']} -> lambda {best:g}")
         score_fn = ease.scores
+    elif name == "content_knn":
+        knn = ContentKnn(data.catalog)
+        settings = [dict(zip(CONTENT_KNN_GRID, values, strict=True)) for values in itertools.product(*CONTENT_KNN_GRID.values())]
+        grid = [rank_baseline(knn.fit(**setting).scores, validation, seed=seeds[0], num_movies=num_movies)[0]["ndcg@10"]
+                for setting in settings]
+        best = settings[int(np.argmax(grid))]
+        score_fn = knn.fit(**best).scores
+        train_cpu, train_wall = time.process_time() - cpu, time.perf_counter() - wall
+        hyper.update(best, features="all-MiniLM-L6-v2 text vector (frozen, mean-pooled) and genres; no post-release",
+                     validation_ndcg10_by_setting={f"{s['genre_weight']:g}/{s['weighting']}": round(v, 5)
+                                                   for s, v in zip(settings, grid, strict=True)})
+        say(f"  content_knn {split}: validation ndcg@10 by genre weight/weighting "
+            f"{hyper['validation_ndcg10_by_setting']} -> {best}")
     else:
         raise ValueError(name)
     records = []
@@ -409,7 +467,8 @@ def baseline_records(name: str, split: str, seeds: list[int], data: BenchData, a
 TRAINING_OPTIONS = {  # bench_quality.py options passed on, under the same names, to train_accelerate.py when given
     "eval_steps": int, "patience": int, "batch_size": int, "learning_rate": float, "hidden_size": int,
     "max_history_length": int, "text_max_length": int, "perceiver_depth": int, "perceiver_head_dim": int,
-    "num_negatives": int, "post_release_dropout": float, "max_epochs": int,
+    "num_negatives": int, "post_release_dropout": float, "max_epochs": int, "dropout": float, "temperature": float,
+    "user_id_dropout": float, "movie_id_dropout": float, "weight_decay": float, "num_layers": int,
 }
 
 

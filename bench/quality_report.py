@@ -330,6 +330,13 @@ def target_t3(records, context: Context) -> list[str]:
     value, text = compare(records, split, "fusion_full", best, ndcg10, clusters=context.clusters(split))
     lines = [f"T3 cold_items NDCG@10 (held-out movies without post-release features): fusion_full {full:.4f} vs best "
              f"content-free {best} {free[best]:.4f} -> {text} (need >= 2): {verdict(value >= 2.0)}"]
+    knn = means(records, ["content_knn"], split, ndcg10).get("content_knn")
+    if knn is None:
+        lines.append("    vs content_knn (need >= 1.5): not run")
+    else:
+        value, text = compare(records, split, "fusion_full", "content_knn", ndcg10, clusters=context.clusters(split))
+        lines.append(f"    vs the content nearest-neighbour baseline content_knn {knn:.4f} -> {text} (need >= 1.5): "
+                     f"{verdict(value >= 1.5)}")
     if context.num_cold_candidates:
         lines.append(f"    chance among the {context.num_cold_candidates} cold movies: NDCG@10 "
                      f"{chance_ndcg(context.num_cold_candidates):.4f}; the peers count as content-free and are not run")
@@ -342,6 +349,10 @@ def target_t3(records, context: Context) -> list[str]:
     for model, mean in beside.items():
         lines.append(f"    for information, not part of T3: {model} {mean:.4f} = x{ratio(mean, free[best]):.2f} the "
                      "best content-free model")
+    voted = means(records, ["most_voted_tmdb"], split, ndcg10).get("most_voted_tmdb")
+    if voted is not None:
+        lines.append(f"    for information, not part of T3: fusion_full (without post-release features) = "
+                     f"x{ratio(full, voted):.2f} most_voted_tmdb {POST_RELEASE_LABEL}")
     return lines
 
 

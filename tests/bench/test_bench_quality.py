@@ -244,15 +244,53 @@ def test_t1_compares_fusion_full_with_the_best_peer_on_all_and_on_untied_targets
 def test_t3_is_without_post_release_data_and_labels_what_uses_it():
     cold = dict(split="cold_items")
     records = [record("fusion_full", 0, [0, 2, 5, -1], **cold), record("most_popular", 0, [-1, 9, -1, -1], **cold),
-               record("most_voted_tmdb", 0, [0, 0, 1, 1], **cold)]
+               record("most_voted_tmdb", 0, [0, 0, 1, 1], **cold), record("content_knn", 0, [1, 2, 5, -1], **cold)]
     records[0]["with_post_release"] = {"test_target_ranks": [0, 0, 0, 1]}
     context = report.Context(splits=("cold_items",), tail=None, num_cold_candidates=40, users={"cold_items": np.array([1, 1, 2, 3])})
     lines = report.target_t3(records, context)
     assert "without post-release features" in lines[0] and "most_popular" in lines[0] and lines[0].endswith("PASS")
+    full = (1 + 1 / np.log2(4) + 1 / np.log2(7)) / 4
+    knn = (1 / np.log2(3) + 1 / np.log2(4) + 1 / np.log2(7)) / 4
+    assert "content_knn" in lines[1] and f"-> x{full / knn:.2f}" in lines[1] and lines[1].endswith("FAIL")  # < 1.5
     labelled = [line for line in lines if report.POST_RELEASE_LABEL in line]
-    assert len(labelled) == 2 and any("most_voted_tmdb" in line for line in labelled)
+    assert len(labelled) == 3 and sum("most_voted_tmdb" in line for line in labelled) == 2
     snapshot = next(line for line in labelled if "most_voted" not in line)
     assert f"{(3 + 1 / np.log2(3)) / 4:.4f}" in snapshot
+    voted = (2 + 2 / np.log2(3)) / 4
+    assert f"x{full / voted:.2f} most_voted_tmdb" in labelled[-1]
+
+
+def test_content_knn_ranks_by_cosine_to_the_rating_weighted_profile_without_post_release_data():
+    from fusionrec.data.catalog import MovieCatalog
+    from fusionrec.data.sequences import UserSequence
+
+    rng = np.random.default_rng(0)
+    states = torch.tensor(rng.normal(size=(6, 4, 3)), dtype=torch.float16)
+    lengths = torch.tensor([4, 2, 3, 4, 1, 4])
+    genres = torch.tensor([[2, 3], [2, 0], [4, 0], [3, 4], [0, 0], [2, 4]])
+    numeric = torch.tensor(rng.normal(size=(6, 2)), dtype=torch.float32)
+    catalog = MovieCatalog(numeric=numeric, categorical={}, multi_valued={"genres": genres}, texts=[""] * 6,
+                           titles=[""] * 6, years=[None] * 6, cold_item=torch.zeros(6, dtype=torch.bool),
+                           num_ratings=torch.zeros(6, dtype=torch.long), text_states=states, text_lengths=lengths)
+    history = UserSequence(0, np.array([0, 3]), np.array([5.0, 2.0], np.float32), np.array([1, 2]))
+    scores = jobs.ContentKnn(catalog).fit(genre_weight=1.0, weighting="rating").scores([history])[0]
+
+    def unit(vector):
+        return vector / np.linalg.norm(vector)
+
+    text = [unit(states[i, : lengths[i]].double().mean(0).numpy()) for i in range(6)]
+    multi_hot = np.zeros((6, 5))
+    for movie, bag in enumerate(genres.numpy()):
+        multi_hot[movie, bag[bag > 1]] = 1.0
+    vectors = [unit(np.concatenate((text[i], unit(multi_hot[i]) if multi_hot[i].any() else multi_hot[i])))
+               for i in range(6)]
+    profile = unit(5.0 * vectors[0] + 2.0 * vectors[3])
+    np.testing.assert_allclose(scores, [profile @ v for v in vectors], atol=1e-6)
+    centered = jobs.ContentKnn(catalog).fit(genre_weight=0.0, weighting="centered").scores([history])[0]
+    np.testing.assert_allclose(centered, [unit(text[0] - text[3]) @ t for t in text], atol=1e-6)
+    catalog.numeric = torch.full_like(numeric, float("nan"))  # votes, popularity, ...: never read
+    np.testing.assert_array_equal(jobs.ContentKnn(catalog).fit(genre_weight=1.0, weighting="rating").scores([history])[0],
+                                  scores)
 
 
 def test_a_peer_that_missed_training_events_or_movies_stops_the_benchmark():
