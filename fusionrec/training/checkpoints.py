@@ -85,6 +85,7 @@ class TrainerState:
         self.best_metric: float | None = None
         self.best_step: int | None = None
         self.evaluations_without_improvement = 0
+        self.lr_scale = 1.0  # the plateau schedule's decays so far
         self.history: list[dict] = []
         self.cpu_seconds = 0.0  # this process's CPU time in train(), summed over resumes: time to quality
 

@@ -156,6 +156,25 @@ def run_length(args, *, batches_per_epoch: int) -> tuple[int, int]:
     return max_steps, eval_steps
 
 
+def build_scheduler(optimizer, args, state: TrainerState, *, steps_per_epoch: int, num_processes: int):
+    """Linear warmup, then --lr-scheduler. plateau holds the peak times `state.lr_scale`, which each validation
+    plateau lowers (run_evaluation), so the run's length and decay follow validation and --max-epochs is only a
+    safety bound; the state is checkpointed, so a resumed run decays as the uninterrupted one. The others decay
+    over the whole --max-steps. AcceleratedScheduler steps once per process per optimizer step (split_batches=False),
+    so step counts are scaled by the number of processes."""
+    from transformers import get_scheduler
+
+    if args.warmup_steps is not None:
+        warmup = args.warmup_steps
+    else:
+        warmup = max(1, steps_per_epoch) if args.lr_scheduler == "plateau" else math.ceil(0.05 * args.max_steps)
+    if args.lr_scheduler == "plateau":
+        ramp = warmup * num_processes
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / ramp) * state.lr_scale)
+    return get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup * num_processes,
+                         num_training_steps=args.max_steps * num_processes)
+
+
 def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     """Run one training job; returns a summary dict (also written to OUTPUT_DIR/train_summary.json)."""
     entered = time.perf_counter()
@@ -173,7 +192,6 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     from accelerate import Accelerator, PartialState
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
     from modeling_fusionrec import FusionModel
 
@@ -237,22 +255,17 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     )
     args.max_steps, args.eval_steps = run_length(args, batches_per_epoch=len(sampler) // accelerator.num_processes)
     optimizer = build_optimizer(model, args)
-    warmup = args.warmup_steps if args.warmup_steps is not None else math.ceil(0.05 * args.max_steps)
-    # AcceleratedScheduler steps once per process per optimizer step (split_batches=False): scale to match.
-    scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=warmup * accelerator.num_processes,
-        num_training_steps=args.max_steps * accelerator.num_processes,
+    state = TrainerState()
+    steps_per_epoch = max(1, len(sampler) // accelerator.num_processes // args.gradient_accumulation_steps)
+    scheduler = build_scheduler(
+        optimizer, args, state, steps_per_epoch=steps_per_epoch, num_processes=accelerator.num_processes
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    state = TrainerState()
     accelerator.register_for_checkpointing(state)
 
     if args._resume_dir is not None:
         say(f"resuming from {args._resume_dir}")
         resume_state(accelerator, args._resume_dir)
-    steps_per_epoch = max(1, len(loader) // args.gradient_accumulation_steps)
 
     if accelerator.is_main_process:
         accelerator.init_trackers("fusionrec", config=scalar_hparams(args))
@@ -319,6 +332,10 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
                 hub.submit(saved, path_in_repo="", message=f"best: step {state.global_step}, validation ndcg@10 {score:.4f}")
         else:
             state.evaluations_without_improvement += 1
+            if args.lr_scheduler == "plateau" and state.evaluations_without_improvement % args.lr_decay_patience == 0:
+                state.lr_scale *= args.lr_decay_factor
+                say(f"learning rate x{args.lr_decay_factor:g} (now x{state.lr_scale:g} the peak): no better validation "
+                    f"ndcg@10 in {state.evaluations_without_improvement} evaluations")
 
     last_eval_step = -1
     while state.global_step < stop_at and not stopped_early:

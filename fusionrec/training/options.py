@@ -14,7 +14,7 @@ from fusionrec.errors import InputError, first_line
 
 PROGRAM = "train_accelerate.py"
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
+SCHEDULERS = ("plateau", "cosine", "linear", "constant_with_warmup")
 
 
 class UsageError(InputError):
@@ -110,8 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--gradient-accumulation-steps", type=int, default=1, help="forward passes per optimizer step")
     optim.add_argument("--learning-rate", type=float, default=1e-2, help="peak AdamW learning rate")
     optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms)")
-    optim.add_argument("--warmup-steps", type=int, default=None, help="linear warmup steps (default: 5%% of the run)")
-    optim.add_argument("--lr-scheduler", choices=SCHEDULERS, default="cosine", help="decay after warmup")
+    optim.add_argument(
+        "--warmup-steps", type=int, default=None,
+        help="linear warmup steps (default: 5%% of the run; plateau: one epoch)",
+    )  # fmt: skip
+    optim.add_argument(
+        "--lr-scheduler", choices=SCHEDULERS, default="cosine",
+        help="decay after warmup: plateau lowers the learning rate when validation stops improving, so validation, "
+        "not --max-epochs, sets the run's length; the others decay over --max-epochs / --max-steps",
+    )  # fmt: skip
+    optim.add_argument(
+        "--lr-decay-patience", type=int, default=2,
+        help="plateau: evaluations without a better validation NDCG@10 before each decay",
+    )  # fmt: skip
+    optim.add_argument("--lr-decay-factor", type=float, default=0.5, help="plateau: learning-rate factor per decay")
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
     optim.add_argument("--num-negatives", type=int, default=128, help="uniform negatives per batch (plus in-batch)")
     optim.add_argument(
@@ -173,12 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    positive = ("max_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "max_history_length", "hidden_size")
+    positive = ("max_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "max_history_length", "hidden_size",
+                "lr_decay_patience")
     for name in positive:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UsageError(f"argument --{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}")
     if not math.isfinite(args.learning_rate) or args.learning_rate < 0:  # 0 is allowed: a run that moves no weight
         raise UsageError(f"argument --learning-rate: must be a number >= 0 (e.g. 1e-2), got {args.learning_rate:g}")
+    if not 0 < args.lr_decay_factor <= 1:
+        raise UsageError(f"argument --lr-decay-factor: must be in (0, 1] (e.g. 0.5), got {args.lr_decay_factor:g}")
     if args.ddp_timeout <= 0:
         raise UsageError(f"argument --ddp-timeout: must be > 0, got {args.ddp_timeout:g}")
     for name in ("eval_steps", "patience", "checkpointing_steps", "num_negatives", "logging_steps"):

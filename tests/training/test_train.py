@@ -383,6 +383,30 @@ def test_help_documents_every_option():
         assert option in text
 
 
+def test_plateau_schedule_halves_the_rate_on_each_plateau_and_resumes_exactly(dataset, tmp_path):
+    common = ["--dataset", dataset, "--max-steps", 12, "--eval-steps", 1, "--patience", 0, "--logging-steps", 1, *TINY,
+              "--batch-size", 16, "--lr-scheduler", "plateau", "--warmup-steps", 2, "--lr-decay-patience", 1,
+              "--learning-rate", "5e-3"]
+    assert run([*common, "--output-dir", tmp_path / "straight"]) == 0
+    history = summary(tmp_path / "straight")["history"]
+    rates = {entry["step"]: entry["train/learning_rate"] for entry in history if "train/learning_rate" in entry}
+    scores = [entry["ndcg@10"] for entry in history if "ndcg@10" in entry]
+    best, scale, expected = -1.0, 1.0, {}
+    for step, score in enumerate(scores[:-1], start=1):  # evaluation at step s sets the rate of step s + 2's update
+        scale = scale if score > best else scale / 2
+        best = max(best, score)
+        expected[step + 1] = 5e-3 * min(1.0, (step + 2) / 2) * scale
+    assert scale < 1.0, "no plateau in 11 evaluations: the test checks nothing"
+    for step, rate in expected.items():
+        assert rates[step] == pytest.approx(rate), (step, rates, scores)
+    interrupted = tmp_path / "interrupted"
+    assert run([*common, "--output-dir", interrupted, "--stop-at-step", 6]) == 0
+    assert run([*common, "--output-dir", interrupted, "--resume-from-checkpoint", "latest"]) == 0
+    straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    resumed = load_file(interrupted / "final" / "model.safetensors")
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
 def test_ddp_timeout_must_be_positive(tmp_path, capsys):
     assert run(["--dataset", tmp_path, "--output-dir", tmp_path / "out", "--ddp-timeout", "0"]) == 2
     assert "argument --ddp-timeout: must be > 0, got 0" in one_line_error(capsys)
