@@ -186,14 +186,23 @@ class Job:
 # Settings that by construction leave a run's numbers as they are: where the remote code keeps the pipeline, and how
 # many DataLoader workers gather the (identical) batches. A record made before one of them changed is still finished.
 RESULT_NEUTRAL = {"config": ("custom_pipelines",), "train_accelerate": ("dataloader_num_workers",)}
+# train_accelerate.py options that act only under another option's value (and records made before they existed lack)
+INERT_UNLESS = {"lr_decay_patience": ("lr_scheduler", "plateau"), "lr_decay_factor": ("lr_scheduler", "plateau")}
 
 
 def result_settings(job: dict | None) -> dict | None:
-    """A job's settings without the RESULT_NEUTRAL defaults, for comparing a record with the job that would make it."""
+    """A job's settings without the RESULT_NEUTRAL defaults and the INERT_UNLESS options that do not act in it, for
+    comparing a record with the job that would make it."""
     if not job or "defaults" not in job:
         return job
     defaults = {part: {k: v for k, v in values.items() if k not in RESULT_NEUTRAL.get(part, ())}
                 for part, values in job["defaults"].items()}
+    argv = job.get("train_accelerate_argv", [])
+    options = defaults.get("train_accelerate", {})
+    for name, (other, value) in INERT_UNLESS.items():
+        flag = f"--{other.replace('_', '-')}"
+        if (argv[argv.index(flag) + 1] if flag in argv else options.get(other)) != value:
+            options.pop(name, None)
     return {**job, "defaults": defaults}
 
 
