@@ -101,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument(
-        "--max-epochs", type=int, default=200,
-        help="a safety bound on passes over the training windows: under the default plateau schedule early stopping "
-        "(--patience) ends the run first; the cosine and linear schedules decay over it",
+        "--max-epochs", type=int, default=30,
+        help="passes over the training windows; the run is sized from the data, and early stopping (--patience) "
+        "usually ends it sooner",
     )  # fmt: skip
     optim.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train (overrides --max-epochs)")
     optim.add_argument("--batch-size", type=int, default=64, help="training windows per process per forward pass")
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear warmup steps (default: 5%% of the run; plateau: one epoch)",
     )  # fmt: skip
     optim.add_argument(
-        "--lr-scheduler", choices=SCHEDULERS, default="plateau",
+        "--lr-scheduler", choices=SCHEDULERS, default="cosine",
         help="decay after warmup: plateau lowers the learning rate when validation stops improving, so validation, "
         "not --max-epochs, sets the run's length; the others decay over --max-epochs / --max-steps",
     )  # fmt: skip

@@ -418,8 +418,8 @@ def test_the_run_is_sized_from_the_data_unless_steps_are_given():
     def sized(*argv, batches):
         return run_length(parse_args(["--dataset", "d", "--output-dir", "o", *argv]), batches_per_epoch=batches)
 
-    assert sized(batches=35) == (200 * 35, MIN_EVAL_INTERVAL)  # a small epoch: validation at least 50 steps apart
-    assert sized(batches=20_333) == (200 * 20_333, 20_333)  # a large one: once per epoch
+    assert sized(batches=35) == (30 * 35, MIN_EVAL_INTERVAL)  # a small epoch: validation at least 50 steps apart
+    assert sized(batches=20_333) == (30 * 20_333, 20_333)  # a large one: once per epoch
     assert sized("--max-epochs", "2", "--gradient-accumulation-steps", "4", batches=400) == (200, 100)
     assert sized("--max-steps", "7", "--eval-steps", "0", batches=35) == (7, 0)
-    assert sized("--gradient-accumulation-steps", "4", batches=3) == (200, MIN_EVAL_INTERVAL)  # under one step: one
+    assert sized("--gradient-accumulation-steps", "4", batches=3) == (30, MIN_EVAL_INTERVAL)  # under one step: one
