@@ -97,7 +97,7 @@ def sampled_softmax_loss(
     they are: a dense queries x candidates mask would cost as much as the logits)."""
     logits = corrected_logits(user_vectors, candidate_vectors, temperature=temperature, log_q=log_q).float()
     if excluded is not None:
-        logits = logits.index_put(excluded, logits.new_tensor(torch.finfo(logits.dtype).min))
+        logits = logits.index_put_(excluded, logits.new_tensor(torch.finfo(logits.dtype).min))
     return F.cross_entropy(logits, positive_rows)
 
 
