@@ -175,7 +175,8 @@ class ProjectTokens(torch.autograd.Function):
         for start in range(0, len(rows), ProjectTokens.CHUNK_ROWS):
             part = slice(start, start + ProjectTokens.CHUNK_ROWS)
             torch.addmm(bias_, rows[part].to(dtype), transposed, out=out[part])
-        ctx.save_for_backward(tokens, weight)
+        # States made under inference_mode (encode_texts) cannot be saved for backward: keep a normal copy of those.
+        ctx.save_for_backward(tokens.clone() if tokens.is_inference() else tokens, weight)
         ctx.dtype = dtype
         return out.view(*tokens.shape[:-1], weight.shape[0])
 
