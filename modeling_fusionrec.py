@@ -256,7 +256,10 @@ class PerceiverResampler(nn.Module):
 
     def forward(self, tokens: Tensor, *, mask: Tensor) -> Tensor:
         """`tokens` in any floating precision (the frozen states are cached in float16)."""
-        media = ProjectTokens.apply(tokens, self.project_in.weight, self.project_in.bias)
+        if torch.compiler.is_compiling():  # a compiled graph plans the conversion with the product itself
+            media = self.project_in(tokens.to(self.project_in.weight.dtype))
+        else:
+            media = ProjectTokens.apply(tokens, self.project_in.weight, self.project_in.bias)
         latents = self.latents
         for attention, ff in self.layers:
             latents = attention(media, latents, media_mask=mask) + latents
@@ -504,6 +507,14 @@ class FusionModel(FusionPreTrainedModel):
         """Training ratings per movie, read by the id gate (`config.count_gated_ids`); saved with the weights."""
         if self.config.use_id_embedding and self.config.count_gated_ids:
             self.movie_tower.movie_counts.copy_(torch.as_tensor(counts, dtype=torch.float32))
+
+    def compile_towers(self, **options) -> None:
+        """`torch.compile` (in place: the weights keep their names) the parts that run as whole graphs whatever the
+        batch: the movie tower and each user Transformer block. The input checks, history gathers and the loss's
+        index work stay eager. `options` go to `torch.compile` (e.g. backend="aot_eager" to debug)."""
+        self.movie_tower.compile(dynamic=True, **options)
+        for block in self.user_tower.blocks:
+            block.compile(dynamic=True, **options)
 
     @property
     def temperature(self) -> Tensor | float:
