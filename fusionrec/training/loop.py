@@ -122,6 +122,16 @@ def rng_neutral(loader):
     yield from iterator
 
 
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory so far (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
 def use_cpu(args) -> bool:
     """CPU when asked, or when launched as several processes on a machine without an accelerator: accelerate's
     torchrun launcher does not pass `use_cpu` on, and without it each CPU process would train alone."""
@@ -209,6 +219,8 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         model = FusionModel(config)
     model.set_movie_counts(data.frequency)
     model.train()
+    if args.compile:
+        model.compile_towers(backend=args.compile_backend)
 
     collator = TrainingCollator(
         data.catalog,
@@ -424,6 +436,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         **(first_step or {}),
         **({"peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(accelerator.device)}
            if accelerator.device.type == "cuda" else {}),  # fmt: skip
+        "peak_rss_bytes": peak_rss_bytes(),
         "output_dir": str(output_dir),
         "history": state.history,
     }
