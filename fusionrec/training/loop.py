@@ -92,7 +92,9 @@ def build_optimizer(model, args):
         is_plain = parameter.dim() < 2 or "norm" in name or name.endswith(".bias") or "latents" in name
         (no_decay if is_plain else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate)
+    # fused: one kernel per parameter instead of a chain of element-wise ops, the same update; the user and movie id
+    # tables are dense, so at the full Kaggle size (17M+ parameters) the for-loop AdamW took ~20% of a CPU step
+    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=True)
 
 
 def scalar_hparams(args) -> dict:
