@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     optim.add_argument(
         "--compile", action="store_true",
-        help="torch.compile the movie tower and the user Transformer blocks (FusionModel.compile_towers): for a GPU; "
-        "the first steps compile (minutes), and on a CPU it did not pay (bench/README.md, issue 23)",
+        help="torch.compile the movie tower and the user Transformer blocks (FusionModel.compile_towers): meant for "
+        "a GPU; the first steps compile (minutes); inductor on this project's 2-core CPU did not pay (bench/README.md)",
     )  # fmt: skip
     optim.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager, aot_eager: to debug)")
     optim.add_argument("--seed", type=int, default=0, help="seed for init, data order, negatives and dropout")
