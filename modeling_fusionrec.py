@@ -72,11 +72,15 @@ class FusionRecommendationOutput(ModelOutput):
     user_vectors: Tensor | None = None
 
 
-def corrected_logits(scores: Tensor, *, temperature: float | Tensor, log_q: Tensor | None) -> Tensor:
-    """Scaled scores minus the candidates' log sampling probability (Yi et al. 2019), so frequently sampled movies
-    are not over-penalised as negatives. The correction is subtracted: a more likely candidate gets a lower logit."""
-    logits = scores / temperature
-    return logits if log_q is None else logits - log_q
+def corrected_logits(
+    queries: Tensor, candidates: Tensor, *, temperature: float | Tensor, log_q: Tensor | None
+) -> Tensor:
+    """Scaled scores `queries @ candidates.T / temperature` minus the candidates' log sampling probability (Yi et al.
+    2019), so frequently sampled movies are not over-penalised as negatives. The correction is subtracted: a more
+    likely candidate gets a lower logit. One fused product: the queries are scaled, not the (queries x candidates)
+    scores."""
+    scaled = queries / temperature
+    return scaled @ candidates.T if log_q is None else torch.addmm(-log_q.to(scaled.dtype), scaled, candidates.T)
 
 
 def sampled_softmax_loss(
@@ -86,14 +90,15 @@ def sampled_softmax_loss(
     positive_rows: Tensor,
     temperature: float | Tensor,
     log_q: Tensor | None = None,
-    invalid: Tensor | None = None,
+    excluded: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """Cross-entropy of each user vector against all candidates, the positive being `positive_rows`; `invalid`
-    (queries x candidates) removes the query's other positives from the negatives."""
-    logits = corrected_logits(user_vectors @ candidate_vectors.T, temperature=temperature, log_q=log_q)
-    if invalid is not None:
-        logits = logits.masked_fill(invalid, torch.finfo(logits.dtype).min)
-    return F.cross_entropy(logits.float(), positive_rows)
+    """Cross-entropy of each user vector against all candidates, the positive being `positive_rows`; `excluded`,
+    (query rows, candidate columns) pairs, removes each query's other positives from its negatives (written where
+    they are: a dense queries x candidates mask would cost as much as the logits)."""
+    logits = corrected_logits(user_vectors, candidate_vectors, temperature=temperature, log_q=log_q).float()
+    if excluded is not None:
+        logits = logits.index_put_(excluded, logits.new_tensor(torch.finfo(logits.dtype).min))
+    return F.cross_entropy(logits, positive_rows)
 
 
 def resolve_text_encoder(name_or_path: str) -> str:
@@ -152,8 +157,56 @@ def feed_forward(dim: int, *, mult: int = 4, dropout: float = 0.0) -> nn.Sequent
     )
 
 
+class ProjectTokens(torch.autograd.Function):
+    """`F.linear(tokens.to(dtype), weight, bias)` for a frozen half-precision token table, `dtype` being the weight's
+    (or the autocast one). The converted copy of the tokens, the largest tensor of a training step (~90 MB at 1,800
+    movies x 32 tokens x 384), is never held whole: each chunk of rows is converted where it is multiplied, and
+    backward converts it again for the weight's gradient instead of keeping it. On a CPU that saves more than memory:
+    a fresh ~90 MB tensor costs as much in page faults as the product itself. An accelerator takes one chunk."""
+
+    CHUNK_ROWS = 2048  # token rows converted at once on a CPU: a few MB, so the copy stays in cache
+
+    @staticmethod
+    def forward(ctx, tokens: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        device = weight.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        rows = tokens.reshape(-1, tokens.shape[-1])
+        out = rows.new_empty((len(rows), weight.shape[0]), dtype=dtype)
+        transposed, bias_ = weight.to(dtype).T, bias.to(dtype)
+        ctx.chunk = ProjectTokens.CHUNK_ROWS if device == "cpu" else max(len(rows), 1)
+        for start in range(0, len(rows), ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            torch.addmm(bias_, rows[part].to(dtype), transposed, out=out[part])
+        # States made under inference_mode (encode_texts) cannot be saved for backward: keep a normal copy of those.
+        ctx.save_for_backward(tokens.clone() if tokens.is_inference() else tokens, weight)
+        ctx.dtype = dtype
+        return out.view(*tokens.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        tokens, weight = ctx.saved_tensors
+        rows, grad = tokens.reshape(-1, tokens.shape[-1]), grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
+        grad_tokens = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_tokens = (grad @ weight.to(ctx.dtype)).to(tokens.dtype).view(tokens.shape)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32))
+            for start in range(0, len(rows), ctx.chunk):
+                part = slice(start, start + ctx.chunk)
+                grad_weight += grad[part].T @ rows[part].to(ctx.dtype)
+            grad_weight = grad_weight.to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=0).to(weight.dtype)
+        return grad_tokens, grad_weight, grad_bias
+
+
 class PerceiverAttention(nn.Module):
-    """Latents attend to the media tokens and to themselves (Flamingo); masked media tokens are never attended."""
+    """Latents attend to the media tokens and to themselves (Flamingo); masked media tokens are never attended.
+
+    Computed in the order that keeps per-token work small (an exact reassociation of softmax(q k^T) v): a latent's
+    score against a token is (q W_k) . m, so the queries are folded into the key weights once per call, and its output
+    is W_v (sum_t a_t m_t), so the tokens are pooled before the value projection. No key or value is projected per
+    token; with the first layer's latents, shared by every item, the folded queries are computed once."""
 
     def __init__(self, *, dim: int, head_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -166,12 +219,25 @@ class PerceiverAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False)
 
     def forward(self, media: Tensor, latents: Tensor, *, media_mask: Tensor) -> Tensor:
+        """`media` (batch, tokens, dim); `latents` (batch, latents, dim), or (latents, dim) shared by the batch."""
         media, latents = self.norm_media(media), self.norm_latents(latents)
-        q = self.to_q(latents)
-        k, v = self.to_kv(torch.cat((media, latents), dim=1)).chunk(2, dim=-1)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.num_heads) for t in (q, k, v))
-        key_mask = torch.cat((media_mask, media_mask.new_ones(latents.shape[:2])), dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=rearrange(key_mask, "b n -> b 1 1 n"))
+        (batch, tokens, _), num_latents, heads = media.shape, latents.shape[-2], self.num_heads
+        key_weight, value_weight = rearrange(self.to_kv.weight, "(two h d) c -> two h d c", two=2, h=heads)
+        queries = rearrange(self.to_q(latents), "... n (h d) -> ... h n d", h=heads)
+        queries = queries * queries.shape[-1] ** -0.5
+        latent_keys, latent_values = rearrange(self.to_kv(latents), "... n (two h d) -> two ... h n d", two=2, h=heads)
+        folded = torch.einsum("...hnd,hdc->...hnc", queries, key_weight)  # (..., heads, latents, dim)
+        if latents.dim() == 2:  # one product for the whole batch
+            media_scores = rearrange(media @ rearrange(folded, "h n c -> c (h n)"), "b t (h n) -> b (h n) t", h=heads)
+        else:
+            media_scores = rearrange(folded, "b h n c -> b (h n) c") @ media.transpose(1, 2)
+        media_scores = media_scores.masked_fill(~media_mask[:, None, :], float("-inf"))
+        latent_scores = rearrange(queries @ latent_keys.transpose(-1, -2), "... h n m -> ... (h n) m")
+        weights = torch.cat((media_scores, latent_scores.expand(batch, -1, -1)), dim=-1).softmax(dim=-1)
+        media_weights, latent_weights = weights.split((tokens, num_latents), dim=-1)
+        pooled = rearrange(media_weights @ media, "b (h n) c -> b h n c", h=heads)
+        out = torch.einsum("bhnc,hdc->bhnd", pooled, value_weight)
+        out = out + rearrange(latent_weights, "b (h n) m -> b h n m", h=heads) @ latent_values
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
@@ -191,8 +257,12 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, tokens: Tensor, *, mask: Tensor) -> Tensor:
-        media = self.project_in(tokens)
-        latents = repeat(self.latents, "n d -> b n d", b=tokens.shape[0])
+        """`tokens` in any floating precision (the frozen states are cached in float16)."""
+        if torch.compiler.is_compiling():  # a compiled graph plans the conversion with the product itself
+            media = self.project_in(tokens.to(self.project_in.weight.dtype))
+        else:
+            media = ProjectTokens.apply(tokens, self.project_in.weight, self.project_in.bias)
+        latents = self.latents
         for attention, ff in self.layers:
             latents = attention(media, latents, media_mask=mask) + latents
             latents = ff(latents) + latents
@@ -304,13 +374,14 @@ class MovieTower(nn.Module):
             if self.numeric_projection is not None:
                 parts.append(self._numeric_part(numeric.to(self.residual.weight.dtype)))
             parts.extend(self.categorical_embeddings[name](categorical[name]) for name in self.categorical_embeddings)
-            for name, embedding in self.bag_embeddings.items():
-                bag = multi_valued[name]
-                present = (bag != 0).unsqueeze(-1)
-                summed = (embedding(bag) * present).sum(dim=1)
-                parts.append(summed / present.sum(dim=1).clamp(min=1))
+            # Masked mean of each bag (padding 0 neither summed nor counted; an empty bag gives zeros), in one
+            # gather-and-reduce instead of a (movies, bag length, hidden) tensor.
+            parts.extend(
+                F.embedding_bag(multi_valued[name], embedding.weight, mode="mean", padding_idx=0)
+                for name, embedding in self.bag_embeddings.items()
+            )
         if self.config.use_text:
-            latents = self.text_resampler(text_states.to(self.residual.weight.dtype), mask=text_mask)
+            latents = self.text_resampler(text_states, mask=text_mask)
             parts.append(latents.mean(dim=1))
         fused = self.fusion_norm(torch.cat(parts, dim=-1))
         return self.norm(self.fusion(fused) + self.residual(fused))
@@ -438,6 +509,14 @@ class FusionModel(FusionPreTrainedModel):
         """Training ratings per movie, read by the id gate (`config.count_gated_ids`); saved with the weights."""
         if self.config.use_id_embedding and self.config.count_gated_ids:
             self.movie_tower.movie_counts.copy_(torch.as_tensor(counts, dtype=torch.float32))
+
+    def compile_towers(self, **options) -> None:
+        """`torch.compile` (in place: the weights keep their names) the parts that run as whole graphs whatever the
+        batch: the movie tower and each user Transformer block. The input checks, history gathers and the loss's
+        index work stay eager. `options` go to `torch.compile` (e.g. backend="aot_eager" to debug)."""
+        self.movie_tower.compile(dynamic=True, **options)
+        for block in self.user_tower.blocks:
+            block.compile(dynamic=True, **options)
 
     @property
     def temperature(self) -> Tensor | float:
@@ -901,19 +980,18 @@ class FusionModel(FusionPreTrainedModel):
 
         log_q = movie_inputs.get("log_q") if self.config.logq_correction else None
         all_vectors, all_indices, all_log_q, offset = gather_candidates(movie_vectors, candidate_indices, log_q)
-        in_window = (history_movie_indices.unsqueeze(-1) == all_indices).logical_and(history_mask.unsqueeze(-1)).any(dim=1)
         positive_rows = rows[mask] + offset
-        invalid = in_window[mask.nonzero()[:, 0]]
-        invalid[torch.arange(len(positive_rows), device=invalid.device), positive_rows] = False
-        invalid |= all_indices < 0
         retrieval_loss = sampled_softmax_loss(
             user_vectors[mask],
             all_vectors,
             positive_rows=positive_rows,
             temperature=self.temperature,
             log_q=all_log_q,
-            invalid=invalid,
-        )
+            excluded=window_collisions(
+                history_movie_indices, history_mask, target_mask=mask, positive_rows=positive_rows,
+                candidate_indices=all_indices, num_movies=self.config.num_movies,
+            ),
+        )  # fmt: skip
         rating_loss = F.mse_loss(rating_predictions[mask].float(), history_ratings[mask].float())
         loss = retrieval_loss + self.config.rating_loss_weight * rating_loss
         return FusionModelOutput(
@@ -944,14 +1022,19 @@ class AllGatherRows(torch.autograd.Function):
         return own
 
 
+def process_count() -> int:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1
+
+
 def gather_candidates(
     vectors: Tensor, indices: Tensor, log_q: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None, int]:
     """Every process's candidate movies, with gradients (other processes' movies become extra negatives). Returns the
-    concatenated vectors, movie indices (-1 marks padding), log_q, and the offset of this process's rows."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return vectors, indices, log_q, 0
-    if torch.distributed.get_world_size() == 1:
+    concatenated vectors, movie indices (-1 marks padding), log_q, and the offset of this process's rows. Each
+    process's block has the same length; a padding row's log_q is the largest float, so its corrected logit is the
+    smallest and it is never a candidate."""
+    if process_count() == 1:
         return vectors, indices, log_q, 0
     size = int(AllGatherRows.apply(torch.tensor([len(indices)], device=vectors.device)).max())
     pad = size - len(indices)
@@ -959,9 +1042,33 @@ def gather_candidates(
     return (
         AllGatherRows.apply(F.pad(vectors, (0, 0, 0, pad))),
         AllGatherRows.apply(F.pad(indices, (0, pad), value=-1)),
-        AllGatherRows.apply(F.pad(log_q, (0, pad))),
+        AllGatherRows.apply(F.pad(log_q, (0, pad), value=torch.finfo(log_q.dtype).max)),
         torch.distributed.get_rank() * size,
     )
+
+
+def window_collisions(
+    history_movie_indices: Tensor,
+    history_mask: Tensor,
+    *,
+    target_mask: Tensor,
+    positive_rows: Tensor,
+    candidate_indices: Tensor,
+    num_movies: int,
+) -> tuple[Tensor, Tensor]:
+    """(target, candidate column) pairs of every candidate that is another movie of the target's own window: the
+    user's other positives, which must not serve as its negatives. A movie is a candidate of each process that drew
+    it (`gather_candidates`' equal blocks), so each block is looked up: (blocks, movies) -> column, -1 if absent."""
+    blocks = candidate_indices.view(process_count(), -1)
+    columns = torch.full((len(blocks), num_movies), -1, dtype=torch.long, device=blocks.device)
+    present = blocks >= 0
+    block_of = torch.arange(len(blocks), device=blocks.device)[:, None].expand_as(blocks)
+    columns[block_of[present], blocks[present]] = torch.arange(blocks.numel(), device=blocks.device).view_as(blocks)[present]
+    windows = target_mask.nonzero()[:, 0]
+    colliding = columns[:, history_movie_indices[windows]]  # (blocks, targets, window length)
+    keep = (colliding >= 0) & history_mask[windows] & (colliding != positive_rows[:, None])
+    targets = torch.arange(len(windows), device=blocks.device)[None, :, None].expand_as(keep)
+    return targets[keep], colliding[keep]
 
 
 FusionRecConfig.register_for_auto_class()

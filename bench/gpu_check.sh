@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# GPU readiness check (issue 14): the CUDA tests, a bf16 training run on the real Kaggle sample and on a 26M-rating
-# synthetic set, and a 2-GPU run when there are two GPUs, each against the CPU run of the same data and steps. It
-# prints steps/s, targets/s, peak GPU memory and validation NDCG@10 (bench/gpu_report.py) and writes the table as
-# JSON into $OUT (or --out).
+# GPU readiness check (issues 14, 23): the CUDA tests, a bf16 training run on the real Kaggle sample and on a
+# 26M-rating synthetic set, and a 2-GPU run when there are two GPUs, each against the CPU run of the same data and
+# steps. GPU runs gather their batches in 2 DataLoader workers (pinned, copied non-blocking). It prints windows/s,
+# steps/s, targets/s, the epoch time those rates give, peak GPU and host memory and validation NDCG@10
+# (bench/gpu_report.py) and writes the table as JSON into $OUT (or --out).
 #
 #   bash bench/gpu_check.sh --pack [--sample-dir DIR]    # HERE, on the CPU machine: make gpu/ and .whl/ to carry
-#   bash bench/gpu_check.sh [--part P] [--steps 300]      # THERE, on the CUDA machine, from the repository root
+#   bash bench/gpu_check.sh [--part P] [--steps 300] [--compile]   # THERE, on the CUDA machine, from the repo root
 #   bash bench/gpu_check.sh --dry-run [...]               # anywhere: print the plan, run nothing
 #
 # --pack writes gpu/sample (the real sample prepared by prepare_dataset.py), gpu/minilm (all-MiniLM-L6-v2 in float16,
@@ -17,7 +18,7 @@
 #   full    generate + prepare 26M ratings, text cache, bf16 on the GPU, fp32 on the CPU          ~10 min
 #   multi   2 processes on 2 GPUs on gpu/sample (skipped with fewer than 2 GPUs)                  ~1 min
 # A device call may run 10 minutes: run "--part tests --part sample --part multi" and "--part full" as two calls,
-# or --full-ratings 5000000 for a shorter full part.
+# or --full-ratings 5000000 for a shorter full part. --compile adds train_accelerate.py --compile to the GPU runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,16 +28,18 @@ STEPS=300
 FULL_RATINGS=26024289
 PARTS=()
 DRY=0
+GPU_OPTIONS=(--dataloader-num-workers 2)
 MODE=check
 SAMPLE_DIR=../shared/data/the-movies-dataset-sample
 OUT_DIR=${OUT:-/tmp/gpu_check-out}
 WORK=${GPU_CHECK_WORK:-/tmp/gpu_check-work}
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --pack) MODE=pack ;;
     --dry-run) DRY=1 ;;
+    --compile) GPU_OPTIONS+=(--compile) ;;
     --part) PARTS+=("$2"); shift ;;
     --steps) STEPS=$2; shift ;;
     --full-ratings) FULL_RATINGS=$2; shift ;;
@@ -98,7 +101,7 @@ COMMON=(--text-encoder "$PACK/minilm" --text-max-length 32 --perceiver-depth 1 -
 train_pair() {  # NAME DATASET [extra options]: bf16 on one GPU, then fp32 on the CPU, same data, steps and seed
   local name=$1 dataset=$2; shift 2
   run "${LAUNCH[@]}" --num_processes 1 --mixed_precision bf16 train_accelerate.py --dataset "$dataset" \
-    --output-dir "$WORK/$name-gpu" --mixed-precision bf16 "${COMMON[@]}" "$@"
+    --output-dir "$WORK/$name-gpu" --mixed-precision bf16 "${COMMON[@]}" "${GPU_OPTIONS[@]}" "$@"
   run "$PYTHON" train_accelerate.py --cpu --dataset "$dataset" --output-dir "$WORK/$name-cpu" --mixed-precision no \
     "${COMMON[@]}" "$@"
   REPORT+=("$name-gpu=$WORK/$name-gpu/train_summary.json" "$name-cpu=$WORK/$name-cpu/train_summary.json")
@@ -114,7 +117,7 @@ fi
 if wants multi; then
   if [[ $DRY -eq 1 || $GPUS -ge 2 ]]; then
     run "${LAUNCH[@]}" --multi_gpu --num_processes 2 --mixed_precision bf16 train_accelerate.py --dataset "$PACK/sample" \
-      --output-dir "$WORK/sample-2gpu" --mixed-precision bf16 "${COMMON[@]}"
+      --output-dir "$WORK/sample-2gpu" --mixed-precision bf16 "${COMMON[@]}" "${GPU_OPTIONS[@]}"
     REPORT+=("sample-2gpu=$WORK/sample-2gpu/train_summary.json")
   else
     echo "multi: $GPUS GPU(s) here, skipped"

@@ -4,8 +4,10 @@ CPU run of the same data and steps.
     python bench/gpu_report.py --output gpu_check.json sample-gpu=RUN/train_summary.json sample-cpu=RUN2/train_summary.json
 
 A label ending in -cpu is the baseline of the labels that share its prefix (sample-gpu, sample-2gpu -> sample-cpu).
-steps/s and targets/s are the medians of the logged intervals after the first (warm-up); validation NDCG@10 is the
-run's final full-ranking validation; peak GPU memory is the main process's torch.cuda.max_memory_allocated.
+windows/s, steps/s and targets/s are the medians of the logged intervals after the first (warm-up); the epoch time is
+the run's training windows at that windows/s (an epoch at 26M: 650,680 windows); validation NDCG@10 is the run's
+final full-ranking validation; peak GPU memory is the main process's torch.cuda.max_memory_allocated, peak host
+memory its peak RSS.
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ def run_row(label: str, summary: dict) -> dict:
         "precision": summary.get("mixed_precision", "?"),
         "processes": summary.get("num_processes", 1),
         "steps": summary["global_step"],
+        "windows_per_s": windows,
         "steps_per_s": None if windows is None else windows / per_step,
+        "epoch_minutes": None if not windows or "num_windows" not in summary else summary["num_windows"] / windows / 60,
         "targets_per_s": median_after_warmup([entry["throughput/targets_per_second"] for entry in logged]),
         "peak_gpu_gib": summary["peak_gpu_memory_bytes"] / 2**30 if "peak_gpu_memory_bytes" in summary else None,
+        "peak_host_gib": summary["peak_rss_bytes"] / 2**30 if summary.get("peak_rss_bytes") else None,
         "validation_ndcg@10": summary.get("last_validation", {}).get("ndcg@10"),
         "final_loss": losses[-1] if losses else None,
         "seconds_to_first_step": summary.get("seconds_to_first_step"),
@@ -67,12 +72,13 @@ def cell(value, fmt: str) -> str:
 
 
 def format_report(rows: list[dict], comparisons: list[dict]) -> str:
-    lines = [f"{'run':<14} {'device':<8} {'prec':<5} {'procs':>5} {'steps':>6} {'steps/s':>8} {'targets/s':>10} "
-             f"{'peak GPU GiB':>12} {'val ndcg@10':>11} {'loss':>7}"]  # fmt: skip
+    lines = [f"{'run':<14} {'device':<8} {'prec':<5} {'procs':>5} {'steps':>6} {'windows/s':>10} {'steps/s':>8} "
+             f"{'targets/s':>10} {'epoch min':>10} {'peak GPU GiB':>12} {'host GiB':>8} {'val ndcg@10':>11} {'loss':>7}"]  # fmt: skip
     for r in rows:
         lines.append(
             f"{r['run']:<14} {r['device']:<8} {r['precision']:<5} {r['processes']:>5} {r['steps']:>6} "
-            f"{cell(r['steps_per_s'], '.2f'):>8} {cell(r['targets_per_s'], ',.0f'):>10} {cell(r['peak_gpu_gib'], '.2f'):>12} "
+            f"{cell(r['windows_per_s'], ',.0f'):>10} {cell(r['steps_per_s'], '.2f'):>8} {cell(r['targets_per_s'], ',.0f'):>10} "
+            f"{cell(r['epoch_minutes'], ',.1f'):>10} {cell(r['peak_gpu_gib'], '.2f'):>12} {cell(r['peak_host_gib'], '.2f'):>8} "
             f"{cell(r['validation_ndcg@10'], '.4f'):>11} {cell(r['final_loss'], '.3f'):>7}"
         )
     for c in comparisons:

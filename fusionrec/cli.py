@@ -28,6 +28,7 @@ from fusionrec.growth import grow_model
 from fusionrec.retrieval import catalog_vectors
 
 EXIT_BAD_INPUT = 2
+PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def run_command(body: Callable[[], int | None]) -> int:
@@ -87,6 +88,21 @@ def load_model(name_or_path: str | os.PathLike, *, device: str = "cpu"):
     if getattr(model.config, "model_type", None) != "fusionrec":
         raise CommandError(f"{name}: model_type is {model.config.model_type!r}, not a fusionrec model.")
     return model.to(resolve_device(device)).eval()
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    """--mixed-precision, as train_accelerate.py has it, for the commands that compute vectors."""
+    parser.add_argument(
+        "--mixed-precision", choices=tuple(PRECISIONS), default="no",
+        help="compute the towers under autocast to this precision (bf16: a GPU, or a CPU with AVX512-BF16); "
+        "vectors are returned and rankings scored in float32",
+    )  # fmt: skip
+
+
+def autocast(model, precision: str):
+    """The autocast context a command computes its vectors in (`--mixed-precision`; "no": none)."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(model.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def resolve_device(device: str) -> torch.device:

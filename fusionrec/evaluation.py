@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fusionrec.cli import open_session, run_command
+from fusionrec.cli import add_precision_option, autocast, open_session, run_command
 from fusionrec.data.catalog import MovieCatalog
 from fusionrec.data.sequences import SPLITS, EvaluationExamples, evaluation_examples
 from fusionrec.errors import CommandError
@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recall-sample", type=int, default=2000, help="examples checked against exact search")
     parser.add_argument("--metrics-backend", choices=("evaluate", "numpy"), default="evaluate")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    add_precision_option(parser)
     parser.add_argument("--cache-dir", type=Path, help="text-cache root (default ~/.cache/fusionrec/text)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -308,13 +309,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         results = {}
         for split in args.split:  # each split ranks the catalog as it may see it (MovieCatalog.for_split)
-            results |= evaluate_splits(
-                session.model, session.rows, cold_items=session.catalog.cold_item.numpy(),
-                movie_vectors=session.movie_vectors(split), splits=[split], stage=args.stage, k_values=args.k,
-                index=args.index, faiss_factory=args.faiss_factory, faiss_params=args.faiss_params,
-                batch_size=args.batch_size, metrics_backend=args.metrics_backend, recall_sample=args.recall_sample,
-                show_progress=not args.no_progress,
-            )
+            with autocast(session.model, args.mixed_precision):
+                results |= evaluate_splits(
+                    session.model, session.rows, cold_items=session.catalog.cold_item.numpy(),
+                    movie_vectors=session.movie_vectors(split), splits=[split], stage=args.stage, k_values=args.k,
+                    index=args.index, faiss_factory=args.faiss_factory, faiss_params=args.faiss_params,
+                    batch_size=args.batch_size, metrics_backend=args.metrics_backend, recall_sample=args.recall_sample,
+                    show_progress=not args.no_progress,
+                )
         report = {
             "model": str(args.model),
             "dataset": str(args.dataset),

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from fusionrec.cli import format_time, open_session, parse_date, run_command
+from fusionrec.cli import add_precision_option, autocast, format_time, open_session, parse_date, run_command
 from fusionrec.errors import CommandError
 from fusionrec.io import atomic_output, atomic_write_text, check_writable, remove_path
 from fusionrec.retrieval import dated_user_vectors
@@ -105,10 +105,11 @@ def compute_user_chunk(
     return tables
 
 
-def fingerprint(session, model_name: str, as_of: int | None, chunk_size: int) -> str:
-    """What a part file depends on: the weights, the config, the dataset spec, the date and the chunking."""
+def fingerprint(session, model_name: str, as_of: int | None, chunk_size: int, precision: str = "no") -> str:
+    """What a part file depends on: the weights, the config, the dataset spec, the date, the chunking and the
+    precision the vectors were computed in."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([model_name, as_of, chunk_size, len(session.rows)]).encode())
+    digest.update(json.dumps([model_name, as_of, chunk_size, len(session.rows), precision]).encode())
     digest.update(session.model.config.to_json_string(use_diff=False).encode())
     digest.update(json.dumps(session.spec, sort_keys=True).encode())
     for name, tensor in sorted(session.model.state_dict().items()):
@@ -200,17 +201,20 @@ def export(args, *, session=None) -> dict:
 
 def write_export(args, session, folder: Path, dates: list[int | None]) -> dict:
     """Every file of the export into `folder` (the staging folder); finished user parts are kept between runs."""
-    movie_vectors = session.movie_vectors()
+    with autocast(session.model, args.mixed_precision):
+        movie_vectors = session.movie_vectors()
     formats = list(dict.fromkeys(args.format))
     files = [write_table(movies_table(session, movie_vectors), folder / f"movies.{fmt}", fmt) for fmt in formats]
     targets = [
-        ("users" if t is None else f"users_as_of_{format_time(t)}", t, fingerprint(session, str(args.model), t, args.chunk_size))
+        ("users" if t is None else f"users_as_of_{format_time(t)}", t,
+         fingerprint(session, str(args.model), t, args.chunk_size, args.mixed_precision))
         for t in dates
-    ]
-    files += export_users(
-        session, folder, targets=targets, movie_vectors=movie_vectors, chunk_size=args.chunk_size,
-        batch_size=args.batch_size, formats=formats, show_progress=not args.no_progress,
-    )  # fmt: skip
+    ]  # fmt: skip
+    with autocast(session.model, args.mixed_precision):
+        files += export_users(
+            session, folder, targets=targets, movie_vectors=movie_vectors, chunk_size=args.chunk_size,
+            batch_size=args.batch_size, formats=formats, show_progress=not args.no_progress,
+        )  # fmt: skip
     shutil.rmtree(folder / PARTS, ignore_errors=True)
     manifest = {
         "model": str(args.model),
@@ -242,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=int, default=50_000, help="users per resumable part file")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--device", default="cpu")
+    add_precision_option(parser)
     parser.add_argument("--cache-dir", help="text-cache root (default ~/.cache/fusionrec/text)")
     parser.add_argument("--no-progress", action="store_true")
     return parser

@@ -117,8 +117,10 @@ class ExactSearch:
 
     @torch.no_grad()
     def search_pairs(self, users: torch.Tensor, exclude: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """`search` with the exclusions as flat (user row, movie) arrays, repeats allowed."""
-        scores = users.float().to(self.movie_vectors.device) @ self.movie_vectors.T
+        """`search` with the exclusions as flat (user row, movie) arrays, repeats allowed. Scored in float32 even
+        under a command's autocast (--mixed-precision): a ranking is decided by small differences."""
+        with torch.autocast(self.movie_vectors.device.type, enabled=False):
+            scores = users.float().to(self.movie_vectors.device) @ self.movie_vectors.T
         if self.blocked is not None:
             scores.masked_fill_(self.blocked, float("-inf"))
         rows, movies = (torch.from_numpy(np.asarray(a, dtype=np.int64)).to(scores.device) for a in exclude)

@@ -92,7 +92,9 @@ def build_optimizer(model, args):
         is_plain = parameter.dim() < 2 or "norm" in name or name.endswith(".bias") or "latents" in name
         (no_decay if is_plain else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate)
+    # fused: one kernel per parameter instead of a chain of element-wise ops, the same update; the user and movie id
+    # tables are dense, so at the full Kaggle size (17M+ parameters) the for-loop AdamW took ~20% of a CPU step
+    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=True)
 
 
 def scalar_hparams(args) -> dict:
@@ -120,6 +122,16 @@ def rng_neutral(loader):
         torch.set_rng_state(state)
     yield first
     yield from iterator
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory so far (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def use_cpu(args) -> bool:
@@ -227,6 +239,8 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         model = FusionModel(config)
     model.set_movie_counts(data.frequency)
     model.train()
+    if args.compile:
+        model.compile_towers(backend=args.compile_backend)
 
     collator = TrainingCollator(
         data.catalog,
@@ -441,6 +455,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         **(first_step or {}),
         **({"peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(accelerator.device)}
            if accelerator.device.type == "cuda" else {}),  # fmt: skip
+        "peak_rss_bytes": peak_rss_bytes(),
         "output_dir": str(output_dir),
         "history": state.history,
     }

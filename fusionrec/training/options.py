@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="autocast precision (default: accelerate config, else no)",
     )
+    optim.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the movie tower and the user Transformer blocks (FusionModel.compile_towers): meant for "
+        "a GPU; the first steps compile (minutes); inductor on this project's 2-core CPU did not pay (bench/README.md)",
+    )  # fmt: skip
+    optim.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager, aot_eager: to debug)")
     optim.add_argument("--seed", type=int, default=0, help="seed for init, data order, negatives and dropout")
     optim.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is available")
     optim.add_argument(

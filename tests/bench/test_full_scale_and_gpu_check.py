@@ -58,6 +58,11 @@ def test_gpu_check_prints_its_plan_without_cuda():
     assert any("pytest -q -m cuda" in line for line in steps)
     assert sum("--mixed-precision bf16" in line for line in steps) == 3  # sample, full, 2 GPUs
     assert sum("--cpu" in line and "--mixed-precision no" in line for line in steps) == 2  # their CPU baselines
+    gpu_runs = [line for line in steps if "--mixed-precision bf16" in line]
+    assert all("--dataloader-num-workers 2" in line and "--compile" not in line for line in gpu_runs)
+    assert not any("--dataloader-num-workers" in line for line in steps if "--cpu" in line)
+    compiled = [line for line in gpu_check("--dry-run", "--compile").stdout.splitlines() if line.startswith("+ ")]
+    assert sum("--compile" in line for line in compiled) == 3 and not any("--compile" in line for line in compiled if "--cpu" in line)
     assert any("--multi_gpu --num_processes 2" in line for line in steps)
     assert any("bench_full_scale.py --dataset-only --ratings 26024289" in line for line in steps)
     assert "gpu_report.py" in steps[-1] and "sample-cpu=" in steps[-1] and "full-gpu=" in steps[-1]
@@ -78,7 +83,8 @@ def summary(device: str, *, sequences: float, ndcg: float, processes: int = 1, p
     history = [{"step": 10 * i, "train/loss": 5.0 - i, "throughput/sequences_per_second": sequences * (0.5 if i == 1 else 1),
                 "throughput/targets_per_second": 40 * sequences} for i in range(1, 5)]  # fmt: skip
     result = {"global_step": 40, "history": history, "last_validation": {"ndcg@10": ndcg}, "batch_size": 32,
-              "num_processes": processes, "device": device, "mixed_precision": "no" if device == "cpu" else "bf16"}  # fmt: skip
+              "num_processes": processes, "device": device, "mixed_precision": "no" if device == "cpu" else "bf16",
+              "num_windows": 650_680, "peak_rss_bytes": 5 * 2**29}  # fmt: skip
     return result | ({"peak_gpu_memory_bytes": peak} if peak else {})
 
 
@@ -99,6 +105,8 @@ def test_gpu_report_compares_each_gpu_run_with_its_cpu_baseline(tmp_path, capsys
     assert rows["sample-gpu"]["steps_per_s"] == pytest.approx(100.0) and rows["sample-cpu"]["steps_per_s"] == pytest.approx(2.0)
     assert rows["sample-2gpu"]["steps_per_s"] == pytest.approx(80.0)  # 5120 windows/s over 2 x 32 per step
     assert rows["sample-gpu"]["peak_gpu_gib"] == pytest.approx(3.0) and rows["sample-cpu"]["peak_gpu_gib"] is None
+    assert rows["sample-gpu"]["windows_per_s"] == pytest.approx(3200.0) and rows["sample-gpu"]["peak_host_gib"] == pytest.approx(2.5)
+    assert rows["sample-gpu"]["epoch_minutes"] == pytest.approx(650_680 / 3200 / 60)  # the run's windows at its rate
     speedups = {c["run"]: c for c in report["comparisons"]}
     assert speedups["sample-gpu"]["speedup_steps"] == pytest.approx(50.0)
     assert speedups["sample-2gpu"]["ndcg@10_difference"] == pytest.approx(-0.001)

@@ -23,7 +23,7 @@ from fusionrec import evaluation, export, recommend
 from fusionrec.cli import format_time, open_session, parse_date
 from fusionrec.data.sequences import UserSequence, evaluation_examples
 from fusionrec.errors import CommandError
-from fusionrec.retrieval import catalog_vectors, user_vectors
+from fusionrec.retrieval import ExactSearch, catalog_vectors, user_vectors
 from modeling_fusionrec import FusionModel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -405,6 +405,29 @@ def test_an_interrupted_export_resumes_and_gives_identical_output(tmp_path, sess
     for name in ("movies.parquet", f"{stem}.parquet"):
         assert pq.read_table(resumed / name).equals(pq.read_table(fresh / name)), name
     assert not (resumed / ".parts").exists() and not staging.exists()
+
+
+def test_export_under_bf16_autocast_moves_the_vectors_a_little(tmp_path, model_dir, dataset_dir):
+    """--mixed-precision bf16 computes the towers in bfloat16 (GPU inference, or a CPU with AVX512-BF16): the vectors
+    move by bfloat16 rounding, no more."""
+    plain, mixed = tmp_path / "fp32", tmp_path / "bf16"
+    export.export(_export_args(model_dir, dataset_dir, plain))
+    export.export(_export_args(model_dir, dataset_dir, mixed, "--mixed-precision", "bf16"))
+    for name in ("movies.parquet", "users.parquet"):
+        exact, rounded = (_vectors(pq.read_table(folder / name)).astype(np.float32) for folder in (plain, mixed))
+        assert not np.array_equal(exact, rounded), name
+        np.testing.assert_allclose(rounded, exact, atol=0.05)
+
+
+def test_exact_search_scores_in_float32_under_a_commands_autocast(session):
+    vectors = session.movie_vectors()
+    users = torch.nn.functional.normalize(torch.randn(6, vectors.shape[1], generator=torch.Generator().manual_seed(0)), dim=-1)
+    search, exclude = ExactSearch(vectors), (np.array([0, 1, 1]), np.array([3, 4, 5]))
+    expected = search.search_pairs(users, exclude, k=10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ranked = search.search_pairs(users, exclude, k=10)
+    np.testing.assert_array_equal(ranked[0], expected[0])
+    np.testing.assert_array_equal(ranked[1], expected[1])
 
 
 def test_export_command_writes_csv_on_request(tmp_path, model_dir, dataset_dir, capsys):

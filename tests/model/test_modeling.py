@@ -161,12 +161,13 @@ def test_user_tower_output_ignores_padding():
 
 
 def test_logq_correction_lowers_the_logit_of_a_frequently_sampled_item():
-    scores = torch.tensor([[0.5, 0.5, 0.5]])
+    query, candidates = torch.tensor([[0.5, 0.5]]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     log_q = torch.log(torch.tensor([0.9, 0.05, 0.05]))
-    logits = corrected_logits(scores, temperature=0.1, log_q=log_q)
+    logits = corrected_logits(query, candidates, temperature=0.1, log_q=log_q)
     assert logits[0, 0] < logits[0, 1] == logits[0, 2]
-    uncorrected = corrected_logits(scores, temperature=0.1, log_q=None)
-    assert torch.equal(uncorrected, scores / 0.1)
+    torch.testing.assert_close(logits, torch.full((1, 3), 5.0) - log_q)
+    uncorrected = corrected_logits(query, candidates, temperature=0.1, log_q=None)
+    torch.testing.assert_close(uncorrected, query @ candidates.T / 0.1)
     # A popular negative is penalised less in the loss once corrected: the positive (item 1) gets more mass.
     users, items = torch.eye(3)[:1], torch.eye(3)
     plain = sampled_softmax_loss(users, items, positive_rows=torch.tensor([1]), temperature=1.0)
@@ -177,8 +178,8 @@ def test_logq_correction_lowers_the_logit_of_a_frequently_sampled_item():
 def test_collision_mask_removes_the_users_other_positives():
     users = torch.tensor([[1.0, 0.0]])
     items = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    invalid = torch.tensor([[False, True, False]])
-    masked = sampled_softmax_loss(users, items, positive_rows=torch.tensor([0]), temperature=1.0, invalid=invalid)
+    excluded = (torch.tensor([0]), torch.tensor([1]))  # query 0's other positive, candidate 1
+    masked = sampled_softmax_loss(users, items, positive_rows=torch.tensor([0]), temperature=1.0, excluded=excluded)
     expected = -torch.log_softmax(torch.tensor([1.0, 0.0]), dim=0)[0]
     torch.testing.assert_close(masked, expected)
 
@@ -423,10 +424,10 @@ def candidate_case(rank: int) -> dict[str, torch.Tensor]:
 
 
 def process_loss(case: dict, all_vectors, all_indices, all_log_q, offset: int) -> torch.Tensor:
-    """A process's retrieval loss over every process's candidates, as FusionModel.forward computes it."""
-    invalid = (all_indices < 0).expand(len(case["users"]), -1)
+    """A process's retrieval loss over every process's candidates, as FusionModel.forward computes it (a padding row's
+    log_q keeps it out)."""
     return sampled_softmax_loss(case["users"], all_vectors, positive_rows=case["targets"] + offset, temperature=0.1,
-                                log_q=all_log_q, invalid=invalid)
+                                log_q=all_log_q)
 
 
 def gather_worker(rank: int, port: int, output: str) -> None:
@@ -453,7 +454,8 @@ def test_gathered_candidates_give_each_process_the_gradient_of_the_summed_losses
         rows = [case[key] for case in cases]
         return torch.cat([F.pad(r, (0, 0) * (r.dim() - 1) + (0, size - len(r)), value=value) for r in rows])
 
-    all_vectors, all_indices, all_log_q = concatenated("vectors"), concatenated("indices", -1), concatenated("log_q")
+    all_log_q = concatenated("log_q", torch.finfo(torch.float32).max)  # padding: never a candidate
+    all_vectors, all_indices = concatenated("vectors"), concatenated("indices", -1)
     losses = [process_loss(case, all_vectors, all_indices, all_log_q, rank * size) for rank, case in enumerate(cases)]
     other_only = torch.autograd.grad(losses[1], cases[0]["vectors"], retain_graph=True)[0]
     assert other_only.abs().sum() > 0, "process 1's loss must reach process 0's candidates for this test to bite"
