@@ -5,7 +5,9 @@
 
 Every example ranks the whole catalog (cold_items: the held-out movies only) with the user's whole history at that
 point excluded; Recall/NDCG/MRR/coverage@K and the rating head's RMSE are computed by the `evaluate` module in
-fusionrec/metrics/fusionrec_metrics (or its numpy functions with --metrics-backend numpy: same numbers). With
+fusionrec/metrics/fusionrec_metrics up to 100,000 examples per split and by its numpy functions above (the same
+numbers; the module turns every ranked list into Python objects: 89 s and 5.7 GB at 2.65M examples); --metrics-backend
+evaluate or numpy picks one for every split. With
 --index faiss the top K comes from a FAISS inner-product index and its recall against exact search is reported as
 `faiss_recall_vs_exact@K` (1.0 for the default "Flat" index, below 1 for approximate factories such as HNSW32).
 
@@ -22,17 +24,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from fusionrec.cli import add_precision_option, autocast, open_session, run_command
+from fusionrec.cli import add_precision_option, autocast, open_session, resolve_device, run_command
 from fusionrec.data.catalog import MovieCatalog
 from fusionrec.data.sequences import SPLITS, EvaluationExamples, evaluation_examples
 from fusionrec.errors import CommandError
 from fusionrec.io import atomic_write_text, check_writable
 from fusionrec.metrics.fusionrec_metrics import ranking_metrics, rating_rmse
+from fusionrec.parallel import check_processes, run_forked
 from fusionrec.retrieval import ExactSearch, catalog_vectors, make_search, user_vectors
 
 METRICS_MODULE = Path(__file__).resolve().parent / "metrics" / "fusionrec_metrics"
+EVALUATE_MODULE_MAX_EXAMPLES = 100_000  # "auto": beyond this the numpy functions (same numbers, ~25x faster)
 
 
 @torch.no_grad()
@@ -46,6 +49,7 @@ def rank_examples(
     search=None,
     return_user_vectors: bool = False,
     query_at_target: bool = False,
+    processes: int = 1,
     show_progress: bool = False,
 ):
     """Top-k movie indices per example (-1 pads; every movie rated before the target excluded, candidates
@@ -53,15 +57,24 @@ def rank_examples(
     user's last known event (PROTOCOL.md); `query_at_target` reads it as of the target's own time instead, a variant
     that knows the gap to the event it predicts. `search` is an ExactSearch (default) or FaissSearch over
     `movie_vectors`; `return_user_vectors` adds the user vectors. Batch by batch: histories and exclusions are cut
-    from the rows as needed, and only (examples, k) indices are kept, never an examples x movies matrix."""
+    from the rows as needed, and only (examples, k) indices are kept, never an examples x movies matrix.
+    `processes` > 1 ranks the batches in that many forked CPU processes (`run_forked`): the same batches, so the
+    same results."""
     model.eval()
     if search is None:
         search = ExactSearch(movie_vectors, examples.candidate_mask)
-    ranked, predicted, users_out = [], [], []
+    count, dim = len(examples), movie_vectors.shape[1]
+    ranked = torch.full((count, k), -1, dtype=torch.long)
+    predicted = torch.zeros(count, dtype=torch.float32)
+    users_out = torch.zeros((count, dim) if return_user_vectors else (0, dim), dtype=torch.float32)
+    if processes > 1:
+        for tensor in (ranked, predicted, users_out):
+            tensor.share_memory_()
     histories = examples.history_windows()
-    starts = range(0, len(examples), batch_size)
-    for start in tqdm(starts, desc="ranking", unit="batch", disable=not show_progress, mininterval=5):
-        part = slice(start, start + batch_size)
+
+    @torch.no_grad()
+    def rank_batch(number: int) -> int:
+        part = slice(number * batch_size, min((number + 1) * batch_size, count))
         users = user_vectors(
             model,
             histories.subset(part),
@@ -73,19 +86,18 @@ def rank_examples(
             indices, _ = search.search_pairs(users, examples.exclusion_pairs(part), k)
         else:
             indices, _ = search.search(users, examples.exclusions(part), k)
-        ranked.append(indices)
+        ranked[part] = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         targets = torch.from_numpy(examples.targets[part]).to(movie_vectors.device)
-        predicted.append(model.predict_rating(users, movie_vectors[targets]).float().cpu().numpy())
+        predicted[part] = model.predict_rating(users, movie_vectors[targets]).float().cpu()
         if return_user_vectors:
-            users_out.append(users)
-    if not ranked:
-        ranked, predicted = np.zeros((0, k), np.int64), np.zeros(0, np.float32)
-        users_out = [torch.zeros(0, movie_vectors.shape[1], device=movie_vectors.device)]
-    else:
-        ranked, predicted = np.concatenate(ranked), np.concatenate(predicted)
+            users_out[part] = users.float().cpu()
+        return 1
+
+    run_forked(rank_batch, -(-count // batch_size), processes=processes, desc="ranking", unit="batch",
+               show_progress=show_progress)  # fmt: skip
     if return_user_vectors:
-        return ranked, predicted, torch.cat(users_out)
-    return ranked, predicted
+        return ranked.numpy(), predicted.numpy(), users_out.to(movie_vectors.device)
+    return ranked.numpy(), predicted.numpy()
 
 
 def candidate_positions(ranked: np.ndarray, targets: np.ndarray, candidate_mask: np.ndarray | None, num_movies: int):
@@ -109,8 +121,10 @@ def compute_metrics(
     k_values: Sequence[int] = (10, 20),
     backend: str = "numpy",
 ) -> dict[str, float]:
-    """PROTOCOL metrics of ranked lists: numpy functions (`backend="numpy"`) or the loaded `evaluate` module."""
+    """PROTOCOL metrics of ranked lists: numpy functions (`backend="numpy"`), the loaded `evaluate` module, or "auto"
+    (`resolve_metrics_backend`)."""
     ranked, targets, num_candidates = candidate_positions(ranked, examples.targets, examples.candidate_mask, num_movies)
+    backend = resolve_metrics_backend(backend, len(examples))
     if backend == "evaluate":
         ranking, rmse = load_evaluate_metrics()
         metrics = ranking.compute(
@@ -123,8 +137,15 @@ def compute_metrics(
         if len(examples):
             metrics["rmse"] = rating_rmse(predicted, examples.target_ratings)
     else:
-        raise CommandError(f"unknown metrics backend {backend!r}; choose evaluate or numpy.")
+        raise CommandError(f"unknown metrics backend {backend!r}; choose auto, evaluate or numpy.")
     return metrics
+
+
+def resolve_metrics_backend(backend: str, num_examples: int) -> str:
+    """"auto" is the `evaluate` module up to EVALUATE_MODULE_MAX_EXAMPLES examples, the numpy functions beyond."""
+    if backend != "auto":
+        return backend
+    return "evaluate" if num_examples <= EVALUATE_MODULE_MAX_EXAMPLES else "numpy"
 
 
 _EVALUATE_MODULES: tuple | None = None
@@ -216,6 +237,7 @@ def evaluate_splits(
     batch_size: int = 256,
     metrics_backend: str = "numpy",
     recall_sample: int = 2000,
+    processes: int = 1,
     show_progress: bool = False,
 ) -> dict:
     """Every requested split of a dataset's sequences (`rows`, its `cold_item` flags) evaluated on one set of movie
@@ -230,12 +252,13 @@ def evaluate_splits(
                              faiss_params=faiss_params)
         ranked, predicted, *users = rank_examples(
             model, examples, movie_vectors, k=max(k_values), batch_size=batch_size, search=search,
-            return_user_vectors=index == "faiss", show_progress=show_progress,
+            return_user_vectors=index == "faiss", processes=processes, show_progress=show_progress,
         )
         metrics = compute_metrics(
             ranked, predicted, examples, num_movies=num_movies, k_values=k_values, backend=metrics_backend
         )
         metrics["num_examples"] = len(examples)
+        metrics["metrics_backend"] = resolve_metrics_backend(metrics_backend, len(examples))
         metrics["num_candidates"] = num_movies if examples.candidate_mask is None else int(examples.candidate_mask.sum())
         if index == "faiss":
             metrics.update(faiss_recall(examples, ranked, users[0], movie_vectors, k_values, batch_size=batch_size,
@@ -281,8 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--faiss-factory", default="Flat", help="faiss.index_factory string (inner product)")
     parser.add_argument("--faiss-params", help='faiss search parameters, e.g. "efSearch=256" for HNSW')
     parser.add_argument("--recall-sample", type=int, default=2000, help="examples checked against exact search")
-    parser.add_argument("--metrics-backend", choices=("evaluate", "numpy"), default="evaluate")
+    parser.add_argument(
+        "--metrics-backend", choices=("auto", "evaluate", "numpy"), default="auto",
+        help="auto: the evaluate module up to 100,000 examples per split, its numpy functions (same numbers) above",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="CPU processes that rank users in parallel, sharing the model and data (fork), one thread each: "
+        "on CPU, one per core is fastest",
+    )  # fmt: skip
     add_precision_option(parser)
     parser.add_argument("--cache-dir", type=Path, help="text-cache root (default ~/.cache/fusionrec/text)")
     parser.add_argument("--no-progress", action="store_true")
@@ -298,6 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         if any(k <= 0 for k in args.k) or args.batch_size <= 0:
             raise CommandError("--k and --batch-size must be positive integers.")
+        check_processes(args.processes, resolve_device(args.device))
+        if args.processes > 1 and args.index != "exact":
+            raise CommandError("--processes > 1 needs --index exact.")
         if args.output is not None:
             if args.output.is_dir():
                 raise CommandError(f"--output {args.output} is a folder; give a file name such as results.json.")
@@ -315,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     movie_vectors=session.movie_vectors(split), splits=[split], stage=args.stage, k_values=args.k,
                     index=args.index, faiss_factory=args.faiss_factory, faiss_params=args.faiss_params,
                     batch_size=args.batch_size, metrics_backend=args.metrics_backend, recall_sample=args.recall_sample,
-                    show_progress=not args.no_progress,
+                    processes=args.processes, show_progress=not args.no_progress,
                 )
         report = {
             "model": str(args.model),

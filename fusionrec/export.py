@@ -32,11 +32,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm.auto import tqdm
 
-from fusionrec.cli import add_precision_option, autocast, format_time, open_session, parse_date, run_command
+from fusionrec.cli import (
+    add_precision_option,
+    autocast,
+    format_time,
+    open_session,
+    parse_date,
+    resolve_device,
+    run_command,
+)
 from fusionrec.errors import CommandError
 from fusionrec.io import atomic_output, atomic_write_text, check_writable, remove_path
+from fusionrec.parallel import check_processes, run_forked
 from fusionrec.retrieval import dated_user_vectors
 
 PARTS = ".parts"
@@ -127,10 +135,12 @@ def export_users(
     chunk_size: int,
     batch_size: int,
     formats: Sequence[str],
+    processes: int = 1,
     show_progress: bool,
 ) -> list[Path]:
     """Users as of each (stem, date, fingerprint) target, chunk by chunk into resumable part files (all dates of a
-    chunk at once, so each history is encoded once), then combined into the final file(s) per target."""
+    chunk at once, so each history is encoded once; `processes` forked CPU processes take every N-th chunk), then
+    combined into the final file(s) per target."""
     folders = []
     for stem, _, key in targets:
         parts = output / PARTS / stem
@@ -142,16 +152,18 @@ def export_users(
         folders.append(parts)
     total = len(session.rows)
     chunks = [range(start, min(start + chunk_size, total)) for start in range(0, total, chunk_size)]
-    bar = tqdm(total=total, desc="users", unit="user", disable=not show_progress)
-    for number, rows in enumerate(chunks):
+
+    def export_chunk(number: int) -> int:
         paths = [parts / f"part-{number:05d}.parquet" for parts in folders]
         missing = [i for i, path in enumerate(paths) if not path.is_file()]
         if missing:
-            tables = compute_user_chunk(session, rows, movie_vectors, [targets[i][1] for i in missing], batch_size)
+            tables = compute_user_chunk(session, chunks[number], movie_vectors, [targets[i][1] for i in missing], batch_size)
             for i, table in zip(missing, tables, strict=True):
                 write_table(table, paths[i], "parquet")
-        bar.update(len(rows))
-    bar.close()
+        return len(chunks[number])
+
+    run_forked(export_chunk, len(chunks), processes=processes, total=total, desc="users", unit="user",
+               show_progress=show_progress)  # fmt: skip
     written = []
     for (stem, date, _), parts in zip(targets, folders, strict=True):
         tables = [pq.read_table(parts / f"part-{chunk:05d}.parquet") for chunk in range(len(chunks))]
@@ -183,6 +195,7 @@ def export(args, *, session=None) -> dict:
     dates = [None if text == "last" else parse_date(text) for text in dict.fromkeys(args.as_of or ["last"])]
     if args.chunk_size <= 0 or args.batch_size <= 0:
         raise CommandError("--chunk-size and --batch-size must be positive integers.")
+    check_processes(args.processes, resolve_device(args.device))
     check_output(output)
     check_writable(output.absolute().parent)
     if session is None:
@@ -213,7 +226,7 @@ def write_export(args, session, folder: Path, dates: list[int | None]) -> dict:
     with autocast(session.model, args.mixed_precision):
         files += export_users(
             session, folder, targets=targets, movie_vectors=movie_vectors, chunk_size=args.chunk_size,
-            batch_size=args.batch_size, formats=formats, show_progress=not args.no_progress,
+            batch_size=args.batch_size, formats=formats, processes=args.processes, show_progress=not args.no_progress,
         )  # fmt: skip
     shutil.rmtree(folder / PARTS, ignore_errors=True)
     manifest = {
@@ -246,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-size", type=int, default=50_000, help="users per resumable part file")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="CPU processes that compute user chunks in parallel, sharing the model and data (fork), one thread "
+        "each: on CPU, one per core is fastest",
+    )  # fmt: skip
     add_precision_option(parser)
     parser.add_argument("--cache-dir", help="text-cache root (default ~/.cache/fusionrec/text)")
     parser.add_argument("--no-progress", action="store_true")

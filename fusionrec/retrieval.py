@@ -98,15 +98,20 @@ def dated_user_vectors(model, sequences: Sequences, movie_vectors: torch.Tensor,
 
 
 class ExactSearch:
-    """Exact top-K by batched matmul over the catalog (or the candidate movies)."""
+    """Exact top-K by matmul over the catalog, or over the candidate movies alone when a split restricts them. The
+    movies are scored a block at a time, so each block's scores are masked and cut to the top K while they are in
+    cache, and only K per block are merged: the full (users x movies) score matrix is never written out."""
 
     name = "exact"
 
-    def __init__(self, movie_vectors: torch.Tensor, candidate_mask: np.ndarray | None = None) -> None:
-        self.movie_vectors = movie_vectors.float()
-        self.blocked = None
+    def __init__(self, movie_vectors: torch.Tensor, candidate_mask: np.ndarray | None = None, *, block_size: int = 8192) -> None:
+        vectors, self.candidates, self.column_of = movie_vectors.float(), None, None
         if candidate_mask is not None:
-            self.blocked = ~torch.as_tensor(np.asarray(candidate_mask, dtype=bool), device=movie_vectors.device)
+            self.candidates = torch.from_numpy(np.flatnonzero(np.asarray(candidate_mask, dtype=bool))).to(vectors.device)
+            self.column_of = torch.full((len(vectors),), -1, dtype=torch.long, device=vectors.device)
+            self.column_of[self.candidates] = torch.arange(len(self.candidates), device=vectors.device)
+            vectors = vectors[self.candidates]
+        self.vectors, self.block_size = vectors, block_size
 
     @torch.no_grad()
     def search(self, users: torch.Tensor, exclude: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,14 +124,28 @@ class ExactSearch:
     def search_pairs(self, users: torch.Tensor, exclude: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         """`search` with the exclusions as flat (user row, movie) arrays, repeats allowed. Scored in float32 even
         under a command's autocast (--mixed-precision): a ranking is decided by small differences."""
-        with torch.autocast(self.movie_vectors.device.type, enabled=False):
-            scores = users.float().to(self.movie_vectors.device) @ self.movie_vectors.T
-        if self.blocked is not None:
-            scores.masked_fill_(self.blocked, float("-inf"))
-        rows, movies = (torch.from_numpy(np.asarray(a, dtype=np.int64)).to(scores.device) for a in exclude)
-        scores[rows, movies] = float("-inf")
+        with torch.autocast(self.vectors.device.type, enabled=False):
+            return self._search_pairs(users.float().to(self.vectors.device), exclude, k)
+
+    def _search_pairs(self, users: torch.Tensor, exclude: tuple[np.ndarray, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        device = self.vectors.device
+        rows, columns = (torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device) for a in exclude)
+        if self.column_of is not None:
+            columns = self.column_of[columns]
+            rows, columns = rows[columns >= 0], columns[columns >= 0]
+        block_scores, block_columns = [torch.full((len(users), 0), float("-inf"), device=device)], []
+        for start in range(0, len(self.vectors), self.block_size):
+            scores = users @ self.vectors[start : start + self.block_size].T
+            inside = (columns >= start) & (columns < start + len(scores[0]))
+            scores[rows[inside], columns[inside] - start] = float("-inf")
+            top = scores.topk(min(k, scores.shape[1]), dim=1)
+            block_scores.append(top.values)
+            block_columns.append(top.indices + start)
+        scores = torch.cat(block_scores, dim=1)
         top = scores.topk(min(k, scores.shape[1]), dim=1)
-        return _pad_results(top.indices.cpu().numpy(), top.values.cpu().numpy(), k)
+        columns = torch.cat(block_columns, dim=1).gather(1, top.indices) if block_columns else top.indices
+        indices = columns if self.candidates is None else self.candidates[columns]
+        return _pad_results(indices.cpu().numpy(), top.values.cpu().numpy(), k)
 
 
 class FaissSearch:

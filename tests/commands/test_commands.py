@@ -28,6 +28,7 @@ from modeling_fusionrec import FusionModel
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K_VALUES = (10, 20)
+NUM_THREADS = torch.get_num_threads()
 MAX_HISTORY = 8  # shorter than every synthetic history: exclusion and as-of must still use the whole history
 
 
@@ -146,7 +147,8 @@ def test_evaluation_command_prints_a_table_and_writes_protocol_json_for_all_spli
             for k in K_VALUES:
                 assert 0.0 <= metrics[f"{key}@{k}"] <= 1.0
         assert metrics["rmse"] > 0
-    assert results["metrics_backend"] == "evaluate" and results["index"] == "exact"
+    assert results["metrics_backend"] == "auto" and results["index"] == "exact"
+    assert {metrics["metrics_backend"] for metrics in results["splits"].values()} == {"evaluate"}  # small splits
 
 
 def test_user_vectors_are_read_as_of_the_last_known_event_not_the_target_time(session):
@@ -179,6 +181,25 @@ def test_metrics_equal_a_brute_force_reference(session, report, split):
         assert from_command["num_candidates"] == int(cold.sum())
 
 
+@pytest.mark.parametrize("split", ["leave_one_out", "cold_items"])
+def test_ranking_in_forked_processes_equals_one_process(session, split):
+    """--processes splits the batches over forked children writing into shared tensors: the same batches, so the same
+    rankings, predictions and user vectors; batches of 3 make the interleaving uneven."""
+    examples = evaluation_examples(session.rows, split, "test", session.catalog.cold_item.numpy())
+    vectors = session.movie_vectors(split)
+    kwargs = {"k": 10, "batch_size": 3, "return_user_vectors": True}
+    torch.set_num_threads(1)
+    try:
+        one = evaluation.rank_examples(session.model, examples, vectors, **kwargs)
+        forked = evaluation.rank_examples(session.model, examples, vectors, processes=3, **kwargs)
+    finally:
+        torch.set_num_threads(NUM_THREADS)
+    assert len(examples) > 9 and (one[0][:, 0] >= 0).all()
+    np.testing.assert_array_equal(forked[0], one[0])
+    np.testing.assert_array_equal(forked[1], one[1])
+    assert torch.equal(forked[2], one[2])
+
+
 def test_evaluate_module_and_numpy_metrics_agree(session):
     examples = evaluation_examples(session.rows, "temporal", "test", session.catalog.cold_item.numpy())
     ranked, predicted = evaluation.rank_examples(session.model, examples, session.movie_vectors(), k=20)
@@ -188,6 +209,16 @@ def test_evaluate_module_and_numpy_metrics_agree(session):
     assert by_module.keys() == by_numpy.keys()
     for key in by_numpy:
         assert by_module[key] == pytest.approx(by_numpy[key], abs=1e-12), key
+
+
+def test_auto_metrics_backend_leaves_the_evaluate_module_beyond_its_size_limit():
+    """The module turns every ranked list into Python objects (89 s and 5.7 GB at 2.65M cold_items examples); the
+    numpy functions give the same numbers (test above)."""
+    limit = evaluation.EVALUATE_MODULE_MAX_EXAMPLES
+    assert evaluation.resolve_metrics_backend("auto", limit) == "evaluate"
+    assert evaluation.resolve_metrics_backend("auto", limit + 1) == "numpy"
+    assert evaluation.resolve_metrics_backend("evaluate", limit + 1) == "evaluate"
+    assert evaluation.resolve_metrics_backend("numpy", 1) == "numpy"
 
 
 def test_faiss_flat_index_matches_exact_search(tmp_path, model_dir, dataset_dir, report, capsys):
@@ -407,6 +438,16 @@ def test_an_interrupted_export_resumes_and_gives_identical_output(tmp_path, sess
     assert not (resumed / ".parts").exists() and not staging.exists()
 
 
+def test_export_in_forked_processes_writes_the_same_files(tmp_path, session, model_dir, dataset_dir):
+    early, _ = _dates(session)
+    one, forked = tmp_path / "one", tmp_path / "forked"
+    export.export(_export_args(model_dir, dataset_dir, one, "--as-of", "last", early), session=session)
+    export.export(_export_args(model_dir, dataset_dir, forked, "--as-of", "last", early, "--processes", 2), session=session)
+    assert len(session.rows) > 2 * 16  # --chunk-size 16: each child writes more than one part
+    for name in ("movies.parquet", "users.parquet", f"users_as_of_{early}.parquet"):
+        assert pq.read_table(forked / name).equals(pq.read_table(one / name)), name
+
+
 def test_export_under_bf16_autocast_moves_the_vectors_a_little(tmp_path, model_dir, dataset_dir):
     """--mixed-precision bf16 computes the towers in bfloat16 (GPU inference, or a CPU with AVX512-BF16): the vectors
     move by bfloat16 rounding, no more."""
@@ -470,6 +511,9 @@ def other_model_dir(tmp_path_factory, dataset_dir) -> Path:
         (export, ["--output", "OUT", "--model", "MISSING"], "model folder not found"),
         (evaluation, ["--model", "OTHER"], "feature spec differs"),
         (export, ["--output", "OUT", "--model", "OTHER"], "feature spec differs"),
+        (evaluation, ["--processes", "0"], "--processes must be a positive integer"),
+        (evaluation, ["--processes", "2", "--index", "faiss"], "--processes > 1 needs --index exact"),
+        (export, ["--output", "OUT", "--processes", "-1"], "--processes must be a positive integer"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code_2(

@@ -30,7 +30,7 @@ COMMANDS = {
 }
 # Lower ranks never import higher ones; the top-level scripts are imported by nothing.
 RANKS = {
-    "fusionrec.errors": 0, "fusionrec.io": 0, "fusionrec.metrics": 0, "fusionrec.hub": 1, "fusionrec.data": 2,
+    "fusionrec.errors": 0, "fusionrec.io": 0, "fusionrec.metrics": 0, "fusionrec.hub": 1, "fusionrec.parallel": 1, "fusionrec.data": 2,
     "fusionrec.retrieval": 3, "fusionrec.growth": 3, "fusionrec.cli": 4, "fusionrec.evaluation": 5, "fusionrec.recommend": 5,
     "fusionrec.export": 5, "fusionrec.training": 6, "fusionrec.release": 7, "fusionrec.space": 7, "fusionrec.serving": 0,
 }  # fmt: skip

@@ -160,6 +160,26 @@ def test_user_tower_output_ignores_padding():
     torch.testing.assert_close(padded["loss"], base["loss"], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_reading_some_states_equals_every_state_gathered(num_layers):
+    """Inference computes the last block at the read-out positions only; in float64 the states are those of the
+    full encoding, including the start state and positions past a short history."""
+    model = FusionModel(tiny_config(user_num_layers=num_layers, dropout=0.0)).double().eval()
+    batch = history_batch(model.config, length=8, seed=5)
+    history = {
+        "movie_vectors": torch.randn(*batch["history_movie_indices"].shape, model.config.hidden_size, dtype=torch.float64),
+        "ratings": batch["history_ratings"].double(),
+        "timestamps": batch["history_timestamps"],
+        "mask": batch["history_mask"],
+    }
+    read = torch.stack((batch["history_mask"].sum(dim=1), torch.zeros(4, dtype=torch.long), torch.tensor([8, 3, 1, 5])), dim=1)
+    with torch.no_grad():
+        every = model.user_tower.encode(**history)
+        some = model.user_tower.encode(**history, read=read)
+    assert some.shape == (4, 3, model.config.hidden_size)
+    torch.testing.assert_close(some, every.gather(1, read[..., None].expand(-1, -1, every.shape[-1])), rtol=0, atol=1e-12)
+
+
 def test_logq_correction_lowers_the_logit_of_a_frequently_sampled_item():
     query, candidates = torch.tensor([[0.5, 0.5]]), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     log_q = torch.log(torch.tensor([0.9, 0.05, 0.05]))
