@@ -447,9 +447,10 @@ def previous_timestamps(examples) -> np.ndarray:
 
 
 def summary_lines(args, data: BenchData, records: list[dict], timing: dict | None, *, built_now: bool) -> list[str]:
-    tail = tied = None
+    tail = tied = target_counts = None
     if "leave_one_out" in args.splits:
         test = data.examples("leave_one_out", "test")
+        target_counts = data.train_counts("leave_one_out")[test.targets]
         tail = report.tail_mask(data.train_counts("leave_one_out"), test.targets)
         tied = report.tied_with_previous(test.target_timestamps, previous_timestamps(test))
     users = {split: test_users(data.examples(split, "test")) for split in args.splits}
@@ -466,7 +467,8 @@ def summary_lines(args, data: BenchData, records: list[dict], timing: dict | Non
         "",
     ]
     if tail is not None:
-        lines += [report.head_tail_table(records, tail), "", report.ties_table(records, tied), ""]
+        lines += [report.head_tail_table(records, tail), "", report.ties_table(records, tied), "",
+                  report.popularity_table(records, target_counts, tied), ""]
     return lines + report.target_lines(records, context)
 
 

@@ -210,6 +210,17 @@ def ties_table(records: list[dict], tied: np.ndarray) -> str:
     ])
 
 
+def popularity_table(records: list[dict], target_counts: np.ndarray, tied: np.ndarray) -> str:
+    """Untied NDCG@10 by the target movie's training-rating count, in quartiles of the untied targets: where a model's
+    top 10 wins and loses (a popularity-heavy top 10 wins the last column only)."""
+    edges = np.quantile(target_counts[~tied], [0.25, 0.5, 0.75])
+    quartile = np.searchsorted(edges, target_counts, side="left")
+    names = [f"<= {edges[0]:g}", f"{edges[0]:g} < n <= {edges[1]:g}", f"{edges[1]:g} < n <= {edges[2]:g}", f"> {edges[2]:g}"]
+    title = ("leave_one_out untied NDCG@10 by the target movie's training ratings n, in quartiles of the untied test "
+             "targets. Mean ± half range over seeds.")
+    return slice_table(records, title, [(name, ndcg_per_example, 10, ~tied & (quartile == q)) for q, name in enumerate(names)])
+
+
 # ----- targets -----
 
 

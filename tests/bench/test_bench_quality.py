@@ -241,6 +241,18 @@ def test_t1_compares_fusion_full_with_the_best_peer_on_all_and_on_untied_targets
     assert "1 of 4 test targets" in table and "rectools_bert4rec" in table
 
 
+def test_popularity_table_splits_the_untied_targets_into_quartiles_of_training_ratings():
+    tied = np.array([False] * 8 + [True])
+    counts = np.array([1, 2, 10, 20, 30, 40, 100, 200, 5])  # untied quartile edges 8, 25, 55
+    records = [record("fusion_full", 0, [0, -1, -1, -1, -1, -1, -1, 0, 0]), record("ease", 0, [-1, 1, 0, 0, 0, 0, 0, 0, 0])]
+    lines = report.popularity_table(records, counts, tied).splitlines()
+    assert "<= 8" in lines[1] and "> 55" in lines[1]
+    full = next(line for line in lines if line.startswith("fusion_full")).split()
+    ease = next(line for line in lines if line.startswith("ease")).split()
+    assert [float(v) for v in full[1::3]] == [0.5, 0.0, 0.0, 0.5]  # the tied hit (count 5) is left out
+    assert [float(v) for v in ease[1::3]] == pytest.approx([1 / np.log2(3) / 2, 1.0, 1.0, 1.0], abs=1e-4)
+
+
 def test_t3_is_without_post_release_data_and_labels_what_uses_it():
     cold = dict(split="cold_items")
     records = [record("fusion_full", 0, [0, 2, 5, -1], **cold), record("most_popular", 0, [-1, 9, -1, -1], **cold),
