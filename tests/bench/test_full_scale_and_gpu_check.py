@@ -41,6 +41,7 @@ def test_a_stage_is_measured_over_its_process_tree(tmp_path):
     code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'x = bytearray(300_000_000); import time; time.sleep(1.5)'])"
     stage, launched = bench_full_scale.run_stage("child", [sys.executable, "-c", code], env=dict(os.environ), log_dir=tmp_path)
     assert stage.peak_rss_tree_bytes > 300_000_000 and stage.peak_rss_process_bytes > 300_000_000
+    assert 300_000_000 < stage.peak_pss_tree_bytes <= stage.peak_rss_tree_bytes  # the child's pages are its own
     assert stage.wall_s >= 1.5 and launched > 0 and (tmp_path / "child.log").is_file()
     with pytest.raises(SystemExit, match="stage broken failed"):
         bench_full_scale.run_stage("broken", [sys.executable, "-c", "raise SystemExit(3)"], env=dict(os.environ), log_dir=tmp_path)
@@ -112,3 +113,22 @@ def test_gpu_report_compares_each_gpu_run_with_its_cpu_baseline(tmp_path, capsys
     assert speedups["sample-2gpu"]["ndcg@10_difference"] == pytest.approx(-0.001)
     captured = capsys.readouterr()
     assert "full-gpu: no" in captured.err and "sample-gpu vs sample-cpu: 50.0x" in captured.out
+
+
+def test_time_to_quality_reports_the_newest_checkpoints_curve_and_a_gpu_projection(tmp_path):
+    import bench_time_to_quality
+
+    history = [{"step": 10, "train/loss": 9.0}, {"step": 330, "cpu_seconds": 200.04, "ndcg@10": 0.08664, "recall@10": 0.13},
+               {"step": 660, "cpu_seconds": 404.0, "ndcg@10": 0.08767, "recall@10": 0.14}]  # fmt: skip
+    for step, upto in ((330, 2), (660, 3)):
+        folder = tmp_path / "run" / "checkpoints" / f"step_{step}"
+        folder.mkdir(parents=True)
+        state = {"global_step": step, "cpu_seconds": history[upto - 1]["cpu_seconds"] + 5, "history": history[:upto]}
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+    result = bench_time_to_quality.report(tmp_path / "run", tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text()) == result
+    assert [(p["step"], p["ndcg@10"]) for p in result["curve"]] == [(330, 0.08664), (660, 0.08767)]
+    assert result["global_step"] == 660 and result["cpu_seconds"] == 409.0
+    gpu = result["gpu_projection"]
+    assert gpu["projected_epoch_seconds"] == max(gpu["input_pipeline"]["epoch_seconds"], gpu["arithmetic"]["epoch_seconds"])
+    assert gpu["input_pipeline"]["windows_per_s"] > 6000  # the measured gathered path, bench/results/full_scale_input.json
