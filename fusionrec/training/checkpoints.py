@@ -1,22 +1,32 @@
-"""Checkpoints of a training run: `accelerator.save_state` folders for exact resume (OUTPUT_DIR/checkpoints/step_N,
-with the loop's own state), and the `save_pretrained` folders best/ and final/ with their model card, each swapped
-into place atomically.
+"""Checkpoints of a training run: OUTPUT_DIR/checkpoints/step_N, all that an exact resume needs, and the
+`save_pretrained` folders best/ and final/ with their model card, each swapped into place atomically.
+
+A step_N folder is safetensors and JSON only, so resuming unpickles nothing (accelerate's save_state would pickle
+the optimizer, scheduler, RNG and loop states, and its load_state unpickle them): model.safetensors (the unwrapped
+model's weights), optimizer.safetensors and optimizer.json (per-parameter tensors; param_groups), scheduler.json
+(the learning-rate scheduler's state_dict), scaler.json (the fp16 gradient scaler's, where there is one),
+trainer_state.json (TrainerState), random_states_<process>.safetensors and .json (each process's RNG states and
+accelerate's batch counter), and config.json with the configuration code.
 """
 
 from __future__ import annotations
 
 import json
-import pickle  # only to name the error a damaged accelerate checkpoint raises; nothing is unpickled here
 import re
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
+from safetensors.torch import load_file, load_model, save_file
+from safetensors.torch import save_model as save_weights
+
 from fusionrec.errors import first_line
 from fusionrec.io import atomic_output, check_writable, make_folder, remove_tree
 from fusionrec.training.options import UsageError, command_line, portable, published_settings
+from fusionrec.training.state_files import optimizer_state, optimizer_tensors, rng_states, set_rng_states
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+PICKLED_SUFFIXES = (".bin", ".pkl", ".pt")  # accelerate save_state's optimizer.bin, random_states_0.pkl, scaler.pt
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -32,16 +42,24 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def resolve_resume(args) -> Path | None:
+    """The step_N folder --resume-from-checkpoint names, checked before anything starts."""
     if args.resume_from_checkpoint is None:
         return None
     if args.resume_from_checkpoint == "latest":
         found = list_checkpoints(args.output_dir)
         if not found:
             raise UsageError(f"--resume-from-checkpoint latest: no step_N checkpoint in {checkpoint_root(args.output_dir)}")
-        return found[-1][1]
-    path = Path(args.resume_from_checkpoint)
+        path = found[-1][1]
+    else:
+        path = Path(args.resume_from_checkpoint)
     if not (path / "trainer_state.json").is_file():
         raise UsageError(f"--resume-from-checkpoint {path}: not a training checkpoint (no trainer_state.json)")
+    if any(file.suffix in PICKLED_SUFFIXES for file in path.iterdir()):
+        raise UsageError(
+            f"--resume-from-checkpoint {path}: an accelerate save_state checkpoint, the old pickle-based format, which "
+            "is not read (unpickling can run any code); start again in a new --output-dir, or resume it with the "
+            "fusionrec version that wrote it"
+        )
     return path
 
 
@@ -62,13 +80,69 @@ def load_weights(model_class, folder: Path):
         raise UsageError(f"--init-from {folder}: cannot load the weights ({checkpoint_problem(error)}); {CHECKPOINT_FIX}") from None
 
 
-def resume_state(accelerator, folder: Path) -> None:
-    """accelerator.load_state; a damaged checkpoint (a file truncated or edited after it was written) is one line."""
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1), encoding="utf-8")
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def rng_files(folder: Path, process_index: int) -> tuple[Path, Path]:
+    """One process's RNG states: torch's tensors, and numpy's and Python's values."""
+    return folder / f"random_states_{process_index}.safetensors", folder / f"random_states_{process_index}.json"
+
+
+def write_training_state(folder: Path, accelerator, model, optimizer, scheduler) -> None:
+    """The main process's part of a checkpoint (the weights first): the processes' copies are all the same."""
+    save_weights(accelerator.unwrap_model(model), str(folder / "model.safetensors"))
+    tensors, rest = optimizer_tensors(optimizer.state_dict())
+    save_file(tensors, folder / "optimizer.safetensors")
+    write_json(folder / "optimizer.json", rest)
+    write_json(folder / "scheduler.json", scheduler.state_dict())
+    if accelerator.scaler is not None:
+        write_json(folder / "scaler.json", accelerator.scaler.state_dict())
+
+
+def write_process_state(folder: Path, accelerator) -> None:
+    """Each process's own part: its RNG states, and accelerate's count of batches towards gradient accumulation."""
+    tensors_file, values_file = rng_files(folder, accelerator.process_index)
+    tensors, values = rng_states()
+    save_file(tensors, tensors_file)
+    write_json(values_file, {"accelerator_step": accelerator.step, **values})
+
+
+def read_state(folder: Path, accelerator, model, optimizer, scheduler, state: TrainerState) -> None:
+    """Every process reads the main process's part and its own RNG states (none when the checkpoint was written by
+    fewer processes: it keeps its seeded ones, as accelerate's load_state did)."""
+    load_model(accelerator.unwrap_model(model), str(folder / "model.safetensors"))
+    rest = read_json(folder / "optimizer.json")
+    tensors = load_file(folder / "optimizer.safetensors")
+    optimizer.load_state_dict(optimizer_state(tensors, rest, like=optimizer.param_groups))
+    scheduler.load_state_dict(read_json(folder / "scheduler.json"))
+    if accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(read_json(folder / "scaler.json"))
+    state.load_state_dict(read_json(folder / "trainer_state.json"))
+    tensors_file, values_file = rng_files(folder, accelerator.process_index)
+    if values_file.is_file():
+        values = read_json(values_file)
+        set_rng_states(load_file(tensors_file), values)
+        accelerator.step = values["accelerator_step"]
+
+
+def resume_state(accelerator, folder: Path, *, model, optimizer, scheduler, state: TrainerState) -> None:
+    """Put back what save_checkpoint wrote; a damaged checkpoint (a file truncated or edited after it was written) is
+    one line. Launched with another number of processes, a run goes on, but not as the original would have: the
+    data order and the RNG states are per process."""
     from fusionrec.cli import CHECKPOINT_ERRORS
 
+    written = len(list(folder.glob("random_states_*.json")))
+    if written != accelerator.num_processes:
+        accelerator.print(f"{folder} was written by {written} process(es), this run has {accelerator.num_processes}: "
+                          "the run goes on from there, but not as the original would have")
     try:
-        accelerator.load_state(str(folder))
-    except (*CHECKPOINT_ERRORS, EOFError, pickle.UnpicklingError) as error:
+        read_state(folder, accelerator, model, optimizer, scheduler, state)
+    except CHECKPOINT_ERRORS as error:
         raise UsageError(
             f"--resume-from-checkpoint {folder}: the checkpoint is damaged ({first_line(error)[:200]}); resume from "
             "an earlier step_N folder or start again in a new --output-dir"
@@ -76,7 +150,7 @@ def resume_state(accelerator, folder: Path) -> None:
 
 
 class TrainerState:
-    """Loop position and early-stopping state, saved with every checkpoint (register_for_checkpointing)."""
+    """Loop position and early-stopping state, saved with every checkpoint as trainer_state.json."""
 
     def __init__(self) -> None:
         self.global_step = 0
@@ -97,8 +171,8 @@ class TrainerState:
             setattr(self, key, value)
 
 
-def save_checkpoint(accelerator, args, state: TrainerState, config) -> Path:
-    """accelerator.save_state into a temporary folder (every process writes its part there), renamed to step_N once
+def save_checkpoint(accelerator, args, state: TrainerState, config, *, model, optimizer, scheduler) -> Path:
+    """The training state into a temporary folder (every process writes its part there), renamed to step_N once
     complete, so every step_N is whole; a kill midway leaves only the temporary, which the next save removes. Old
     checkpoints are pruned by renaming them away first, so none is ever half-deleted under its own name."""
     root = checkpoint_root(args.output_dir)
@@ -111,11 +185,14 @@ def save_checkpoint(accelerator, args, state: TrainerState, config) -> Path:
             shutil.rmtree(stale)
     accelerator.wait_for_everyone()
     with atomic_output(final, folder=True, temporary=temporary) if main else nullcontext(temporary) as folder:
-        accelerator.save_state(str(folder))
+        folder.mkdir(exist_ok=True)
+        if main:
+            write_training_state(folder, accelerator, model, optimizer, scheduler)
+        write_process_state(folder, accelerator)
         accelerator.wait_for_everyone()
         if main:
             config.save_pretrained(folder)
-            (folder / "trainer_state.json").write_text(json.dumps(state.state_dict(), indent=1), encoding="utf-8")
+            write_json(folder / "trainer_state.json", state.state_dict())
     if main:
         for _, old in list_checkpoints(args.output_dir)[: -args.checkpoints_total_limit]:
             remove_tree(old)

@@ -5,11 +5,12 @@ checkpoints for exact resume, best/final `save_pretrained` folders and the backg
     accelerate launch train_accelerate.py --dataset data/prepared/synthetic --output-dir outputs/demo \\
         --text-encoder sentence-transformers/all-MiniLM-L6-v2
 
-Writes OUTPUT_DIR/checkpoints/step_N (accelerator.save_state, for --resume-from-checkpoint), OUTPUT_DIR/best (the
-checkpoint with the best validation NDCG@10) and OUTPUT_DIR/final (the last weights), both `save_pretrained` folders
-with safetensors weights, config, remote code and a model card; OUTPUT_DIR/logs (tensorboard) and
-OUTPUT_DIR/train_summary.json. Exact resume: the data order is a pure function of (seed, epoch), the negatives of
-(seed, epoch, batch), and the RNG/optimizer/scheduler states come back with the checkpoint.
+Writes OUTPUT_DIR/checkpoints/step_N (the training state in safetensors and JSON, for --resume-from-checkpoint;
+checkpoints.py), OUTPUT_DIR/best (the checkpoint with the best validation NDCG@10) and OUTPUT_DIR/final (the last
+weights), both `save_pretrained` folders with safetensors weights, config, remote code and a model card;
+OUTPUT_DIR/logs (tensorboard) and OUTPUT_DIR/train_summary.json. Exact resume: the data order is a pure function of
+(seed, epoch), the negatives of (seed, epoch, batch), and the RNG/optimizer/scheduler/loop states come back with the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -275,11 +276,10 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         optimizer, args, state, steps_per_epoch=steps_per_epoch, num_processes=accelerator.num_processes
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    accelerator.register_for_checkpointing(state)
 
     if args._resume_dir is not None:
         say(f"resuming from {args._resume_dir}")
-        resume_state(accelerator, args._resume_dir)
+        resume_state(accelerator, args._resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
 
     if accelerator.is_main_process:
         accelerator.init_trackers("fusionrec", config=scalar_hparams(args))
@@ -427,7 +427,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
             preempted = at_end and state.global_step < args.max_steps
             if periodic or preempted or (args.checkpointing_steps and (at_end or stopped_early)):
                 state.cpu_seconds = cpu_seconds()
-                save_checkpoint(accelerator, args, state, config)
+                save_checkpoint(accelerator, args, state, config, model=model, optimizer=optimizer, scheduler=scheduler)
             if at_end or stopped_early:
                 break
     progress.close()

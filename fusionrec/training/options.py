@@ -158,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on validation every N steps (default: once per epoch, at least 50 steps apart; 0: only at the end)",
     )  # fmt: skip
     loop.add_argument("--patience", type=int, default=5, help="stop after N evaluations without a better NDCG@10 (0: off)")
-    loop.add_argument("--checkpointing-steps", type=int, default=0, help="accelerator.save_state every N steps (0: off)")
+    loop.add_argument(
+        "--checkpointing-steps", type=int, default=0,
+        help="save the training state (safetensors and JSON) to OUTPUT_DIR/checkpoints/step_N every N steps (0: off)",
+    )  # fmt: skip
     loop.add_argument("--checkpoints-total-limit", type=int, default=2, help="keep the last N step_* checkpoints")
     loop.add_argument(
         "--resume-from-checkpoint",

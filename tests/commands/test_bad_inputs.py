@@ -253,6 +253,16 @@ def encoder_gone(w: Work) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), "text_encoder_name_or_path": str(w.root / "missing")}))
 
 
+def pickled_checkpoint(w: Work) -> None:
+    """run/checkpoints/step_2 as accelerate's save_state wrote it before: the optimizer, scheduler, RNG and loop
+    states pickled (here bytes that no unpickler takes, so a read would fail with another error)."""
+    step = w.run / "checkpoints" / "step_2"
+    for path in [*step.glob("optimizer.*"), *step.glob("random_states_*"), step / "scheduler.json"]:
+        path.unlink()
+    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"):
+        (step / name).write_bytes(b"\x80\x04not a pickle")
+
+
 def touch_file(name: str) -> Mutation:
     return write(name, "not a folder\n")
 
@@ -368,6 +378,10 @@ CASES = [
     C("train", "read-only output folder", os_error=(errno.EACCES, READ_ONLY), error="Permission denied"),
     C("train", "text cache folder is a file", touch_file("afile"), args=f"{TRAIN} --text-encoder {{encoder}} --text-cache-dir {{afile}}", defaults=False, error="Not a directory; a file is in the way"),
     C("train", "resume: damaged checkpoint (script)", truncate("run/checkpoints/step_2/model.safetensors"), args="--resume-from-checkpoint latest", error="the checkpoint is damaged", **SCRIPT),
+    C("train", "resume: truncated optimizer state", truncate("run/checkpoints/step_2/optimizer.safetensors"), args="--resume-from-checkpoint latest", error="the checkpoint is damaged (Error while deserializing header"),
+    C("train", "resume: RNG state cut off", truncate("run/checkpoints/step_2/random_states_0.json", 40), args="--resume-from-checkpoint latest", error="the checkpoint is damaged (Expecting"),
+    C("train", "resume: scheduler state edited", write("run/checkpoints/step_2/scheduler.json", '{"last_epoch": 2}'), args="--resume-from-checkpoint latest", error="the checkpoint is damaged ('lr_lambdas')"),
+    C("train", "resume: the old pickle-based checkpoint format", pickled_checkpoint, args="--resume-from-checkpoint latest", error="an accelerate save_state checkpoint, the old pickle-based format, which is not read"),
     C("train", "resume: no checkpoint", remove("run/checkpoints"), args="--resume-from-checkpoint latest", error="no step_N checkpoint"),
     C("train", "full disk (file-size limit)", args="--resume-from-checkpoint latest --stop-at-step 4 --dataset {base_dataset}", file_size_limit=2048, error="File too large; free some disk space", **SCRIPT),
     # evaluate_fusionrec.py

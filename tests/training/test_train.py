@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,36 @@ def test_resume_mid_epoch_is_bitwise_identical_to_an_uninterrupted_run(dataset, 
     assert not different, different
 
 
+def test_a_checkpoint_is_safetensors_and_json_and_an_old_pickled_one_is_not_read(dataset, tmp_path, capsys):
+    """A step_N folder holds only safetensors, JSON and the config's code, each readable as its name says (resuming
+    from one is exact: the test above, the plateau one below and tests/training/test_kill_resume.py). A folder in
+    accelerate's save_state format stops with one line, before any of its pickles is opened."""
+    common = ["--dataset", dataset, "--output-dir", tmp_path / "run", "--max-steps", 4, "--eval-steps", 0, "--no-text", *TINY]
+    assert run([*common, "--stop-at-step", 2]) == 0
+    step = tmp_path / "run" / "checkpoints" / "step_2"
+    assert sorted(path.name for path in step.iterdir()) == [
+        "config.json", "configuration_fusionrec.py", "model.safetensors", "optimizer.json", "optimizer.safetensors",
+        "random_states_0.json", "random_states_0.safetensors", "scheduler.json", "trainer_state.json",
+    ]  # fmt: skip
+    for path in step.iterdir():
+        if path.suffix == ".json":
+            assert json.loads(path.read_text()), path.name
+        elif path.suffix == ".safetensors":
+            assert load_file(path), path.name
+    old = step.with_name("step_3")
+    shutil.copytree(step, old)
+    for name in ("optimizer.json", "optimizer.safetensors", "scheduler.json", "random_states_0.json",
+                 "random_states_0.safetensors"):  # fmt: skip
+        (old / name).unlink()
+    for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"):
+        (old / name).write_bytes(b"\x80\x04not a pickle: opening it would fail otherwise")
+    capsys.readouterr()
+    assert run([*common, "--resume-from-checkpoint", "latest"]) == 2
+    error = one_line_error(capsys)
+    assert f"--resume-from-checkpoint {old}: an accelerate save_state checkpoint, the old pickle-based format" in error
+    assert "start again in a new --output-dir, or resume it with the fusionrec version that wrote it" in error
+
+
 def test_compile_captures_the_towers_whole_and_trains_to_the_same_weights(dataset, tmp_path):
     """--compile with the "eager" backend: dynamo's capture (what inductor compiles on a GPU) without code generation,
     so the test stays fast. The towers are captured without a graph break and train to the eager run's weights."""
@@ -179,6 +210,29 @@ def test_two_process_cpu_run_matches_one_process_with_the_same_global_batch(data
         losses = [entry["train/loss"] for entry in run_summary["history"] if "train/loss" in entry]
         assert losses[-1] < losses[0], losses
     assert (two / "final" / "model.safetensors").is_file()
+
+
+def test_a_two_process_run_resumed_from_its_checkpoint_ends_with_the_same_weights(dataset, tmp_path):
+    """Each process saves and puts back its own RNG states (random_states_<process>), the main process the rest: a
+    2-process run resumed from its mid-epoch step_4 in another folder ends bitwise where the run itself ended."""
+    common = ["--dataset", dataset, "--max-steps", 8, "--eval-steps", 0, "--logging-steps", 4, *TINY]
+
+    def launch(*argv) -> None:
+        done = subprocess.run(two_process_launch(*common, *argv), env=offline_env(), capture_output=True, text=True,
+                              timeout=900, cwd=REPO_ROOT)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    launch("--output-dir", tmp_path / "straight", "--checkpointing-steps", 4)
+    step = tmp_path / "straight" / "checkpoints" / "step_4"
+    names = {path.name for path in step.iterdir()}
+    assert {f"random_states_{i}{suffix}" for i in (0, 1) for suffix in (".json", ".safetensors")} <= names
+    assert all(name.endswith((".json", ".safetensors", ".py")) for name in names), names
+    assert 4 % summary(tmp_path / "straight")["steps_per_epoch"], "step 4 must fall mid-epoch"
+    launch("--output-dir", tmp_path / "resumed", "--resume-from-checkpoint", step)
+    straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert not [name for name in straight if not torch.equal(straight[name], resumed[name])]
 
 
 @pytest.mark.parametrize(
