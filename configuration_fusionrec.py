@@ -89,7 +89,10 @@ class FusionRecConfig(PretrainedConfig):
         dropout (`float`): Dropout in both towers.
         retrieval_temperature (`float`): Softmax temperature of the retrieval scores (cosine similarity / temperature).
         learn_temperature (`bool`): Learn the temperature (starting at `retrieval_temperature`) instead of keeping it fixed.
-        logq_correction (`bool`): Subtract the log sampling probability of each candidate from its logit.
+        logq_correction (`float`): Weight in [0, 1] of the log sampling probability subtracted from each candidate's
+            logit in training (Yi et al. 2019): 1 (or true) corrects fully, so the scores estimate the full softmax
+            and keep the movies' popularity; 0 (or false) not at all, so movies drawn often as negatives (the popular
+            ones) are pushed down; in between, partly.
         rating_loss_weight (`float`): Weight of the rating-regression loss in the total loss; 0 disables the head's
             loss (the head is still built and predicts).
         initializer_range (`float`): Standard deviation of the normal initialiser for embeddings and linear layers.
@@ -143,7 +146,7 @@ class FusionRecConfig(PretrainedConfig):
         dropout: float = 0.1,
         retrieval_temperature: float = 0.1,
         learn_temperature: bool = False,
-        logq_correction: bool = True,
+        logq_correction: float = 1.0,
         rating_loss_weight: float = 0.5,
         initializer_range: float = 0.02,
         modeling_sha256: str | None = None,
@@ -188,7 +191,7 @@ class FusionRecConfig(PretrainedConfig):
         self.dropout = dropout
         self.retrieval_temperature = retrieval_temperature
         self.learn_temperature = learn_temperature
-        self.logq_correction = logq_correction
+        self.logq_correction = float(logq_correction) if isinstance(logq_correction, bool) else logq_correction
         self.rating_loss_weight = rating_loss_weight
         self.initializer_range = initializer_range
         self.modeling_sha256 = modeling_sha256
@@ -212,9 +215,8 @@ class FusionRecConfig(PretrainedConfig):
                              "num_rating_buckets")),
             "a number": ((int, float), ("movie_id_dropout", "user_id_dropout", "rating_step", "rating_min", "rating_max",
                                         "time_origin", "time_scale", "dropout", "retrieval_temperature",
-                                        "rating_loss_weight", "initializer_range")),
-            "true or false": (bool, ("use_id_embedding", "use_content_features", "use_text", "learn_temperature",
-                                     "logq_correction")),
+                                        "rating_loss_weight", "initializer_range", "logq_correction")),
+            "true or false": (bool, ("use_id_embedding", "use_content_features", "use_text", "learn_temperature")),
             "a string": (str, ("text_encoder_name_or_path",)),
         }  # fmt: skip
         for kind, (types, names) in kinds.items():
@@ -276,6 +278,8 @@ class FusionRecConfig(PretrainedConfig):
         for name in ("movie_id_dropout", "user_id_dropout", "post_release_dropout", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"FusionRecConfig.{name} must be in [0, 1), got {getattr(self, name)!r}.")
+        if not 0.0 <= self.logq_correction <= 1.0:
+            raise ValueError(f"FusionRecConfig.logq_correction must be in [0, 1], got {self.logq_correction!r}.")
         if not (self.use_id_embedding or self.use_content_features or self.use_text):
             raise ValueError("FusionRecConfig needs at least one of use_id_embedding, use_content_features, use_text.")
         if not self.rating_min < self.rating_max:

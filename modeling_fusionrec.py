@@ -990,6 +990,7 @@ class FusionModel(FusionPreTrainedModel):
             )
 
         log_q = movie_inputs.get("log_q") if self.config.logq_correction else None
+        log_q = log_q if log_q is None or self.config.logq_correction == 1.0 else log_q * self.config.logq_correction
         all_vectors, all_indices, all_log_q, offset = gather_candidates(movie_vectors, candidate_indices, log_q)
         positive_rows = rows[mask] + offset
         retrieval_loss = sampled_softmax_loss(

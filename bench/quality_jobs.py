@@ -478,7 +478,7 @@ TRAINING_OPTIONS = {  # bench_quality.py options passed on, under the same names
     "max_history_length": int, "text_max_length": int, "perceiver_depth": int, "perceiver_head_dim": int,
     "num_negatives": int, "post_release_dropout": float, "max_epochs": int, "dropout": float, "temperature": float,
     "user_id_dropout": float, "movie_id_dropout": float, "weight_decay": float, "num_layers": int, "lr_scheduler": str, "lr_decay_patience": int,
-    "rating_loss_weight": float,
+    "rating_loss_weight": float, "logq_correction": float,
 }
 
 

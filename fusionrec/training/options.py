@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--user-id-dropout", type=float, default=None, help="probability of hiding the user's id in training (config: 0.1)"
     )
+    model.add_argument(
+        "--logq-correction", type=float, default=None,
+        help="weight in [0, 1] of the logQ correction of the sampled softmax (config: 1, full; 0: none)",
+    )  # fmt: skip
     model.add_argument("--learn-temperature", action="store_true", help="learn the temperature, starting at --temperature")
 
     optim = parser.add_argument_group("optimisation")
@@ -270,7 +274,7 @@ def build_config(args, spec: dict):
     if args.temperature is not None:
         overrides["retrieval_temperature"] = args.temperature
     for name in ("dropout", "movie_id_dropout", "post_release_dropout", "user_id_dropout", "perceiver_depth",
-                 "perceiver_head_dim"):
+                 "perceiver_head_dim", "logq_correction"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.learn_temperature:

@@ -195,6 +195,22 @@ def test_logq_correction_lowers_the_logit_of_a_frequently_sampled_item():
     assert corrected < plain
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5, 1.0, True, False])
+def test_logq_correction_is_a_weight_on_the_log_sampling_probability(weight):
+    """The model's loss with correction weight w equals the loss computed from logits - w * log_q (bools: 1 or 0)."""
+    model = FusionModel(tiny_config(logq_correction=weight, dropout=0.0, movie_id_dropout=0.0, user_id_dropout=0.0))
+    batch = history_batch(model.config, length=6, seed=3)
+    inputs = batch.pop("movie_inputs")
+    inputs["log_q"] = -torch.rand(len(inputs["movie_indices"]), generator=torch.Generator().manual_seed(0)) * 4
+    with torch.no_grad():
+        output = model(**batch, movie_inputs=inputs)
+        model.config.logq_correction = 1.0
+        scaled = model(**batch, movie_inputs={**inputs, "log_q": inputs["log_q"] * float(weight)})
+        uncorrected = model(**batch, movie_inputs={**inputs, "log_q": torch.zeros_like(inputs["log_q"])})
+    torch.testing.assert_close(output.retrieval_loss, scaled.retrieval_loss)
+    assert torch.allclose(output.retrieval_loss, uncorrected.retrieval_loss) == (float(weight) == 0)
+
+
 def test_collision_mask_removes_the_users_other_positives():
     users = torch.tensor([[1.0, 0.0]])
     items = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
@@ -324,6 +340,8 @@ def test_bad_batches_raise_value_error_naming_the_field(mutate, field):
         ({"multi_valued_max_lengths": {"genres": 4}}, "name the same features"),
         ({"dropout": 1.5}, "dropout must be in"),
         ({"post_release_dropout": 1.0}, "post_release_dropout must be in"),
+        ({"logq_correction": 1.5}, r"logq_correction must be in \[0, 1\]"),
+        ({"logq_correction": "yes"}, "logq_correction must be a number"),
         ({"post_release_feature_names": ["popularity"]}, r"\['popularity'\] are not numeric features"),
         ({"use_id_embedding": False, "use_content_features": False, "use_text": False}, "at least one"),
     ],
