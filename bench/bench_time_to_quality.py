@@ -8,8 +8,9 @@ Trains train_accelerate.py's defaults (hidden 64, 50-step windows, batch 64, Min
 thread for --max-steps (cosine schedule over them), validating on 5,000 users and checkpointing every --eval-steps;
 a killed run resumes from its newest checkpoint. The report reads the training history (the newest checkpoint's, or
 the finished run's), so it can be written while the run goes on. It adds the projected epoch time on one GPU from two
-measurements on this machine: the input pipeline's windows per second (full_scale_input.json) and the FLOPs of a
-training step (train_step_26m.json); the GPU's own rate is an assumption, stated in the output.
+measurements on this machine: the input pipeline's windows per second (full_scale.json: the gathered path with
+DataLoader workers, which keep the gathering off the process that drives the GPU) and the FLOPs of a training step
+(train_step_26m.json); the GPU's own rate is an assumption, stated in the output.
 
 Writes bench/results/full_scale_time_to_quality.json atomically and prints the curve.
 """
@@ -68,9 +69,10 @@ def curve(history: list[dict]) -> list[dict]:
 def gpu_projection(windows_per_epoch: int, batch_size: int) -> dict:
     """Epoch time on one GPU = max(input path, arithmetic): both measured here, the GPU's rate assumed."""
     step = json.loads((BENCH / "results" / "train_step_26m.json").read_text())["results"]["after, no"]
-    pipeline = json.loads((BENCH / "results" / "full_scale_input.json").read_text())
+    pipeline = json.loads((BENCH / "results" / "full_scale.json").read_text())
     rates = {f"{stage['name']}: {path}": r["windows_per_s"] for stage in pipeline["stages"]
-             for path, r in stage.get("detail", {}).items() if isinstance(r, dict) and "windows_per_s" in r}  # fmt: skip
+             for path, r in stage.get("detail", {}).items()
+             if isinstance(r, dict) and "windows_per_s" in r and "gathered" in path and "0 workers" not in path}  # fmt: skip
     best_path, windows_per_s = max(rates.items(), key=lambda item: item[1])
     flops_per_epoch = step["flops_per_step"] / step["batch_size"] * windows_per_epoch
     input_s, compute_s = windows_per_epoch / windows_per_s, flops_per_epoch / (ASSUMED_GPU_TFLOPS * 1e12)
