@@ -187,12 +187,16 @@ class Job:
 # many DataLoader workers gather the (identical) batches. A record made before one of them changed is still finished.
 RESULT_NEUTRAL = {"config": ("custom_pipelines",), "train_accelerate": ("dataloader_num_workers",)}
 # train_accelerate.py options that act only under another option's value (and records made before they existed lack)
-INERT_UNLESS = {"lr_decay_patience": ("lr_scheduler", "plateau"), "lr_decay_factor": ("lr_scheduler", "plateau")}
+INERT_UNLESS = {"lr_decay_patience": ("lr_scheduler", "plateau"), "lr_decay_factor": ("lr_scheduler", "plateau"),
+                "compile_backend": ("compile", True)}
+# train_accelerate.py options added after records were made, at the value that does what the code did before them
+# (None: the config's default, compared on its own)
+ADDED_SINCE = {"compile": False, "logq_correction": None}
 
 
 def result_settings(job: dict | None) -> dict | None:
-    """A job's settings without the RESULT_NEUTRAL defaults and the INERT_UNLESS options that do not act in it, for
-    comparing a record with the job that would make it."""
+    """A job's settings without the RESULT_NEUTRAL defaults, the INERT_UNLESS options that do not act in it and the
+    ADDED_SINCE options at their old behaviour, for comparing a record with the job that would make it."""
     if not job or "defaults" not in job:
         return job
     defaults = {part: {k: v for k, v in values.items() if k not in RESULT_NEUTRAL.get(part, ())}
@@ -202,6 +206,9 @@ def result_settings(job: dict | None) -> dict | None:
     for name, (other, value) in INERT_UNLESS.items():
         flag = f"--{other.replace('_', '-')}"
         if (argv[argv.index(flag) + 1] if flag in argv else options.get(other)) != value:
+            options.pop(name, None)
+    for name, before in ADDED_SINCE.items():
+        if options.get(name, before) == before:
             options.pop(name, None)
     return {**job, "defaults": defaults}
 
