@@ -52,7 +52,7 @@ def train(workdir: Path, run_dir: Path, *, max_steps: int, eval_steps: int, eval
 
 def training_state(run_dir: Path) -> dict:
     """The finished run's summary, else the newest checkpoint's trainer state (history with CPU-seconds)."""
-    summary = run_dir / "final" / "train_summary.json"
+    summary = run_dir / "train_summary.json"
     if summary.is_file():
         return json.loads(summary.read_text())
     checkpoints = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))

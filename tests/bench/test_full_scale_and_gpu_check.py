@@ -131,4 +131,7 @@ def test_time_to_quality_reports_the_newest_checkpoints_curve_and_a_gpu_projecti
     assert result["global_step"] == 660 and result["cpu_seconds"] == 409.0
     gpu = result["gpu_projection"]
     assert gpu["projected_epoch_seconds"] == max(gpu["input_pipeline"]["epoch_seconds"], gpu["arithmetic"]["epoch_seconds"])
+    finished = {"global_step": 990, "cpu_seconds": 600.0, "num_windows": 6_400, "history": history}
+    (tmp_path / "run" / "train_summary.json").write_text(json.dumps(finished))  # a finished run's summary wins
+    assert bench_time_to_quality.report(tmp_path / "run", tmp_path / "out.json")["epochs"] == 990 * 64 / 6_400
     assert gpu["input_pipeline"]["windows_per_s"] > 6000 and "workers" in gpu["input_pipeline"]["path"]  # full_scale.json
