@@ -223,22 +223,16 @@ class Stage:
 def tree_memory(process: psutil.Process) -> tuple[int, int, int]:
     """(sum of RSS, sum of PSS, max RSS) over a process and its descendants. Forked children (DataLoader workers,
     --processes) share the parent's pages copy-on-write: the RSS sum counts those once per process, the PSS sum
-    (each shared page split among its sharers, from /proc/PID/smaps_rollup) counts them once."""
+    (each shared page split among its sharers; psutil reads /proc/PID/smaps_rollup) counts them once."""
     rss, pss = [], []
     for member in [process, *process.children(recursive=True)]:
         try:
-            rss.append(member.memory_info().rss)
-            pss.append(proportional_set_size(member.pid))
-        except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+            memory = member.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+        rss.append(memory.rss)
+        pss.append(memory.pss)
     return sum(rss), sum(pss), max(rss, default=0)
-
-
-def proportional_set_size(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def run_stage(name: str, command: list[str], *, env: dict, log_dir: Path) -> tuple[Stage, float]:
