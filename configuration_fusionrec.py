@@ -14,6 +14,7 @@ from typing import Any
 from transformers import PretrainedConfig
 
 logger = logging.getLogger(__name__)
+SCORE_FUNCTIONS = ("cosine", "dot")
 _WARNED_SHA256: set[str] = set()
 
 
@@ -87,7 +88,10 @@ class FusionRecConfig(PretrainedConfig):
         time_origin (`float`): Unix time subtracted from timestamps before scaling (the dataset's first rating).
         time_scale (`float`): Seconds per unit of the scaled time features (default ten years).
         dropout (`float`): Dropout in both towers.
-        retrieval_temperature (`float`): Softmax temperature of the retrieval scores (cosine similarity / temperature).
+        retrieval_temperature (`float`): Softmax temperature of the retrieval scores (similarity / temperature).
+        score_function (`str`): "cosine": user and movie vectors are L2-normalised, so a score is their cosine; "dot":
+            they are not (and the movie tower ends without its LayerNorm), so a movie's vector length can carry how
+            likely it is overall, as in SASRec's dot-product scores.
         learn_temperature (`bool`): Learn the temperature (starting at `retrieval_temperature`) instead of keeping it fixed.
         logq_correction (`float`): Weight in [0, 1] of the log sampling probability subtracted from each candidate's
             logit in training (Yi et al. 2019): 1 (or true) corrects fully, so the scores estimate the full softmax
@@ -145,6 +149,7 @@ class FusionRecConfig(PretrainedConfig):
         time_scale: float = 315_576_000.0,
         dropout: float = 0.1,
         retrieval_temperature: float = 0.1,
+        score_function: str = "cosine",
         learn_temperature: bool = False,
         logq_correction: float = 1.0,
         rating_loss_weight: float = 0.5,
@@ -190,6 +195,7 @@ class FusionRecConfig(PretrainedConfig):
         self.time_scale = time_scale
         self.dropout = dropout
         self.retrieval_temperature = retrieval_temperature
+        self.score_function = score_function
         self.learn_temperature = learn_temperature
         self.logq_correction = float(logq_correction) if isinstance(logq_correction, bool) else logq_correction
         self.rating_loss_weight = rating_loss_weight
@@ -217,7 +223,7 @@ class FusionRecConfig(PretrainedConfig):
                                         "time_origin", "time_scale", "dropout", "retrieval_temperature",
                                         "rating_loss_weight", "initializer_range", "logq_correction")),
             "true or false": (bool, ("use_id_embedding", "use_content_features", "use_text", "learn_temperature")),
-            "a string": (str, ("text_encoder_name_or_path",)),
+            "a string": (str, ("text_encoder_name_or_path", "score_function")),
         }  # fmt: skip
         for kind, (types, names) in kinds.items():
             for name in names:
@@ -278,6 +284,8 @@ class FusionRecConfig(PretrainedConfig):
         for name in ("movie_id_dropout", "user_id_dropout", "post_release_dropout", "dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"FusionRecConfig.{name} must be in [0, 1), got {getattr(self, name)!r}.")
+        if self.score_function not in SCORE_FUNCTIONS:
+            raise ValueError(f"FusionRecConfig.score_function must be one of {SCORE_FUNCTIONS}, got {self.score_function!r}.")
         if not 0.0 <= self.logq_correction <= 1.0:
             raise ValueError(f"FusionRecConfig.logq_correction must be in [0, 1], got {self.logq_correction!r}.")
         if not (self.use_id_embedding or self.use_content_features or self.use_text):

@@ -341,7 +341,7 @@ class MovieTower(nn.Module):
             nn.Linear(config.fusion_hidden_size, dim),
         )
         self.residual = nn.Linear(fused, dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if config.score_function == "cosine" else nn.Identity()
 
     def _numeric_part(self, numeric: Tensor) -> Tensor:
         mean = numeric.new_tensor(self.config.numeric_feature_means)
@@ -429,6 +429,8 @@ class UserTower(nn.Module):
         `read` (batch, r) state indices returns those states only, (batch, r, hidden), at about half the last
         block's cost."""
         batch, length = mask.shape
+        if self.config.score_function == "dot":  # the step reads the movie's direction; its length is a score
+            movie_vectors = F.normalize(movie_vectors, dim=-1)
         buckets = torch.round(ratings / self.config.rating_step).long().clamp(0, self.config.num_rating_buckets - 1)
         previous = F.pad(timestamps, (1, 0))[:, :-1]
         has_previous = F.pad(mask, (1, 0))[:, :-1] & mask
@@ -532,6 +534,10 @@ class FusionModel(FusionPreTrainedModel):
     @property
     def temperature(self) -> Tensor | float:
         return self.log_temperature.exp() if self.log_temperature is not None else self.config.retrieval_temperature
+
+    def score_vectors(self, hidden: Tensor) -> Tensor:
+        """A tower's output as the vector scored against the other tower's: unit length under cosine scores."""
+        return F.normalize(hidden, dim=-1) if self.config.score_function == "cosine" else hidden
 
     # ----- frozen text encoder (kept outside the state dict: the config names it) -----
 
@@ -675,7 +681,7 @@ class FusionModel(FusionPreTrainedModel):
             text_states=text_states,
             text_mask=text_mask,
         )
-        return F.normalize(hidden, dim=-1)
+        return self.score_vectors(hidden)
 
     @torch.no_grad()
     def calculate_new_movie_feature(self, texts: list[str]) -> Tensor:
@@ -696,7 +702,7 @@ class FusionModel(FusionPreTrainedModel):
                 "multi_valued": {name: torch.zeros(count, 1, dtype=torch.long, device=device) for name in config.multi_valued_vocab_sizes},
             }  # fmt: skip
         hidden = self.movie_tower(movie_indices=None, **content, text_states=states.to(device), text_mask=mask.to(device))
-        return F.normalize(hidden, dim=-1)
+        return self.score_vectors(hidden)
 
     def calculate_user_feature(
         self,
@@ -740,7 +746,7 @@ class FusionModel(FusionPreTrainedModel):
         user = self.user_tower.read_out(
             read, user_indices=user_indices, query_times=query, previous_times=last_time, has_previous=lengths > 0
         )
-        user = F.normalize(user, dim=-1)
+        user = self.score_vectors(user)
         return user if dated else user.squeeze(1)
 
     def predict_rating(self, user_vectors: Tensor, movie_vectors: Tensor) -> Tensor:
@@ -982,7 +988,7 @@ class FusionModel(FusionPreTrainedModel):
         user_hidden = self.user_tower.read_out(
             states, user_indices=user_indices, query_times=query, previous_times=previous, has_previous=has_previous
         )
-        user_vectors = F.normalize(user_hidden, dim=-1)
+        user_vectors = self.score_vectors(user_hidden)
         rating_predictions = self.rating_head(user_vectors, history_vectors)
         if not return_loss:
             return FusionModelOutput(

@@ -189,9 +189,12 @@ RESULT_NEUTRAL = {"config": ("custom_pipelines",), "train_accelerate": ("dataloa
 # train_accelerate.py options that act only under another option's value (and records made before they existed lack)
 INERT_UNLESS = {"lr_decay_patience": ("lr_scheduler", "plateau"), "lr_decay_factor": ("lr_scheduler", "plateau"),
                 "compile_backend": ("compile", True)}
-# train_accelerate.py options added after records were made, at the value that does what the code did before them
-# (None: the config's default, compared on its own)
-ADDED_SINCE = {"compile": False, "logq_correction": None}
+# train_accelerate.py options and config fields added after records were made, at the value that does what the code
+# did before them (an option at None: the config's default, compared on its own)
+ADDED_SINCE = {
+    "train_accelerate": {"compile": False, "logq_correction": None, "window_stride": None, "score_function": None},
+    "config": {"score_function": "cosine"},
+}
 
 
 def result_settings(job: dict | None) -> dict | None:
@@ -207,9 +210,11 @@ def result_settings(job: dict | None) -> dict | None:
         flag = f"--{other.replace('_', '-')}"
         if (argv[argv.index(flag) + 1] if flag in argv else options.get(other)) != value:
             options.pop(name, None)
-    for name, before in ADDED_SINCE.items():
-        if options.get(name, before) == before:
-            options.pop(name, None)
+    for part, added in ADDED_SINCE.items():
+        values = defaults.get(part, {})
+        for name, before in added.items():
+            if values.get(name, before) == before:
+                values.pop(name, None)
     return {**job, "defaults": defaults}
 
 
@@ -485,7 +490,7 @@ TRAINING_OPTIONS = {  # bench_quality.py options passed on, under the same names
     "max_history_length": int, "text_max_length": int, "perceiver_depth": int, "perceiver_head_dim": int,
     "num_negatives": int, "post_release_dropout": float, "max_epochs": int, "dropout": float, "temperature": float,
     "user_id_dropout": float, "movie_id_dropout": float, "weight_decay": float, "num_layers": int, "lr_scheduler": str, "lr_decay_patience": int,
-    "rating_loss_weight": float, "logq_correction": float,
+    "rating_loss_weight": float, "logq_correction": float, "window_stride": int, "score_function": str,
 }
 
 

@@ -200,21 +200,28 @@ def train_sequence(row: dict, split: str, cold_item: np.ndarray) -> UserSequence
     return training_part([row], split, cold_item)[0]
 
 
-def training_windows(sequences, *, window: int) -> Sequences:
+def training_windows(sequences, *, window: int, stride: int | None = None) -> Sequences:
     """Chop each sequence into windows of at most `window + 1` steps, ending at its last step, so that the state
-    after `window` steps (the one read at inference for a full history) has a target. Consecutive windows share one
-    step: the last target of a window is the first (context-only) step of the next, so every step is a training
-    target exactly once. Windows come sequence by sequence, latest first; they are views on the same columns."""
+    after `window` steps (the one read at inference for a full history) has a target. A window's targets are its
+    last `stride` steps (default `window`: consecutive windows share one step, the first context-only one); the rest
+    is context, so a shorter stride lets every target see at least `window + 1 - stride` earlier steps, closer to
+    the full history it is read with at inference, for proportionally more windows. The window that starts at step
+    0 has all its steps as targets; every step is a target exactly once. Windows come sequence by sequence, latest
+    first; they are views on the same columns."""
+    stride = window if stride is None else stride
+    if not 1 <= stride <= window:
+        raise ValueError(f"the window stride must be between 1 and the window ({window}), got {stride}.")
     sequences = Sequences.from_list(sequences)
     lengths = sequences.lengths()
-    count = np.where(lengths > 0, np.maximum(1, -(-(lengths - 1) // window)), 0)  # until a window starts at step 0
+    count = np.where(lengths > 0, 1 + np.maximum(0, -(-(lengths - window - 1) // stride)), 0)  # until one starts at 0
     owner = np.repeat(np.arange(len(sequences)), count)
     number = np.arange(owner.size) - np.repeat(np.cumsum(count) - count, count)
-    end = lengths[owner] - number * window
+    end = lengths[owner] - number * stride
     start = np.maximum(0, end - window - 1)
     return Sequences(
         sequences.user_index[owner], sequences.movies, sequences.ratings, sequences.timestamps,
-        starts=sequences.starts[owner] + start, stops=sequences.starts[owner] + end, context=(start > 0).astype(np.int64),
+        starts=sequences.starts[owner] + start, stops=sequences.starts[owner] + end,
+        context=np.where(start > 0, end - stride - start, 0),
     )  # fmt: skip
 
 

@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--logq-correction", type=float, default=None,
         help="weight in [0, 1] of the logQ correction of the sampled softmax (config: 1, full; 0: none)",
     )  # fmt: skip
+    model.add_argument(
+        "--score-function", choices=("cosine", "dot"), default=None,
+        help="retrieval score: cosine of unit vectors, or the dot product of free-length ones (config: cosine)",
+    )  # fmt: skip
     model.add_argument("--learn-temperature", action="store_true", help="learn the temperature, starting at --temperature")
 
     optim = parser.add_argument_group("optimisation")
@@ -129,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     optim.add_argument("--lr-decay-factor", type=float, default=0.5, help="plateau: learning-rate factor per decay")
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
+    optim.add_argument(
+        "--window-stride", type=int, default=None,
+        help="targets per training window, its last N steps (default: --max-history-length); the earlier steps are "
+        "context, so a smaller stride trains every target on a longer history, with more windows per epoch",
+    )  # fmt: skip
     optim.add_argument("--num-negatives", type=int, default=128, help="uniform negatives per batch (plus in-batch)")
     optim.add_argument(
         "--mixed-precision",
@@ -198,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    positive = ("max_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "max_history_length", "hidden_size",
+    positive = ("max_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "max_history_length", "hidden_size", "window_stride",
                 "lr_decay_patience")
     for name in positive:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
@@ -274,7 +283,7 @@ def build_config(args, spec: dict):
     if args.temperature is not None:
         overrides["retrieval_temperature"] = args.temperature
     for name in ("dropout", "movie_id_dropout", "post_release_dropout", "user_id_dropout", "perceiver_depth",
-                 "perceiver_head_dim", "logq_correction"):
+                 "perceiver_head_dim", "logq_correction", "score_function"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.learn_temperature:

@@ -405,6 +405,9 @@ def test_a_record_made_before_a_result_neutral_default_changed_is_still_finished
     assert old["defaults"]["train_accelerate"].pop("logq_correction") is None  # added since; None defers to the config
     assert old["defaults"]["train_accelerate"].pop("compile") is False  # added since, off as the code before it
     old["defaults"]["train_accelerate"].pop("compile_backend")  # acts only under --compile
+    for name in ("window_stride", "score_function"):  # added since; None keeps the code before them
+        assert old["defaults"]["train_accelerate"].pop(name) is None
+    assert old["defaults"]["config"].pop("score_function") == "cosine"  # a config field added since, at its old way
     jobs.write_record(tmp_path, {"model": "fusion_full", "split": "leave_one_out", "seed": 0, "job": old,
                                  "test_target_ranks": [0, 1]})
     assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0, config=config, num_test=2)
@@ -415,6 +418,10 @@ def test_a_record_made_before_a_result_neutral_default_changed_is_still_finished
     args.lr_scheduler, args.logq_correction = None, 0.5  # given, it is not the record's job
     assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0,
                                  config=jobs.fusion_config("fusion_full", "leave_one_out", 0, args), num_test=2) is None
+    args.logq_correction, args.score_function = None, "dot"
+    assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0,
+                                 config=jobs.fusion_config("fusion_full", "leave_one_out", 0, args), num_test=2) is None
+    args.score_function = None
     old["defaults"]["train_accelerate"]["patience"] = -1  # a setting that changes the numbers
     jobs.write_record(tmp_path, {"model": "fusion_full", "split": "leave_one_out", "seed": 0, "job": old,
                                  "test_target_ranks": [0, 1]})

@@ -95,6 +95,23 @@ def test_training_windows_make_every_step_a_target_once_with_a_full_history_befo
                                              [True, True, False, False, False]]
 
 
+def test_a_shorter_window_stride_gives_every_target_more_context_and_each_step_once():
+    sequence = UserSequence(1, np.arange(10), np.ones(10, np.float32), np.arange(10))
+    windows = training_windows([sequence], window=4, stride=2)
+    assert [w.movies.tolist() for w in windows] == [[5, 6, 7, 8, 9], [3, 4, 5, 6, 7], [1, 2, 3, 4, 5], [0, 1, 2, 3]]
+    assert [w.movies[w.context :].tolist() for w in windows] == [[8, 9], [6, 7], [4, 5], [0, 1, 2, 3]]
+    for length in range(1, 30):
+        for window, stride in ((4, 4), (4, 1), (6, 4), (7, 3)):
+            steps = np.arange(length)
+            windows = training_windows([UserSequence(1, steps, np.ones(length, np.float32), steps)], window=window, stride=stride)
+            targets = np.concatenate([w.movies[w.context :] for w in windows])
+            assert sorted(targets.tolist()) == list(range(length))
+            assert all(len(w.movies) <= window + 1 and (w.context == 0 or w.context == window + 1 - stride) for w in windows)
+    assert [w.context for w in training_windows([sequence], window=4, stride=4)] == [1, 1, 0]  # the default's windows
+    with pytest.raises(ValueError, match="stride must be between 1 and the window"):
+        training_windows([sequence], window=4, stride=5)
+
+
 def test_pad_histories_keeps_the_most_recent_steps_right_padded():
     sequences = [UserSequence(2, np.arange(5), np.full(5, 4.0, np.float32), np.arange(5) + 10), UserSequence(1, np.arange(2), np.ones(2, np.float32), np.arange(2))]
     batch = pad_histories(sequences, max_length=3)

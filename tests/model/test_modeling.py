@@ -342,6 +342,7 @@ def test_bad_batches_raise_value_error_naming_the_field(mutate, field):
         ({"post_release_dropout": 1.0}, "post_release_dropout must be in"),
         ({"logq_correction": 1.5}, r"logq_correction must be in \[0, 1\]"),
         ({"logq_correction": "yes"}, "logq_correction must be a number"),
+        ({"score_function": "euclidean"}, r"score_function must be one of \('cosine', 'dot'\)"),
         ({"post_release_feature_names": ["popularity"]}, r"\['popularity'\] are not numeric features"),
         ({"use_id_embedding": False, "use_content_features": False, "use_text": False}, "at least one"),
     ],
@@ -441,6 +442,39 @@ def test_ablations_build_and_train():
         loss = model(**history_batch(config)).loss
         loss.backward()
         assert torch.isfinite(loss)
+
+
+def test_dot_product_scores_let_vector_lengths_vary_and_survive_save_and_reload(tmp_path):
+    """Under "dot" the towers' vectors keep their lengths (a movie's can carry how likely it is overall), the user
+    tower still reads unit directions, and training and loading work as under cosine."""
+    torch.manual_seed(0)
+    config = tiny_config(score_function="dot", retrieval_temperature=1.0)
+    model = FusionModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = history_batch(config, seed=3)
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]
+    model.eval()
+    out = outputs_of(model, batch)
+    for name in ("user_vectors", "movie_vectors"):
+        norms = out[name].norm(dim=-1)
+        assert not torch.allclose(norms, torch.ones_like(norms)) and norms.std() > 0, name
+    steps = model.user_tower.encode(movie_vectors=out["movie_vectors"][:3][None], ratings=torch.ones(1, 3),
+                                    timestamps=torch.arange(3)[None], mask=torch.ones(1, 3, dtype=torch.bool))
+    longer = model.user_tower.encode(movie_vectors=5 * out["movie_vectors"][:3][None], ratings=torch.ones(1, 3),
+                                     timestamps=torch.arange(3)[None], mask=torch.ones(1, 3, dtype=torch.bool))
+    assert torch.allclose(steps, longer, atol=1e-5)  # the history reads directions only
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert reloaded.config.score_function == "dot"
+    for name, value in out.items():
+        assert torch.equal(value, outputs_of(reloaded, batch)[name]), name
 
 
 # ----- candidates gathered across processes -----
