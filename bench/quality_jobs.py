@@ -192,7 +192,8 @@ INERT_UNLESS = {"lr_decay_patience": ("lr_scheduler", "plateau"), "lr_decay_fact
 # train_accelerate.py options and config fields added after records were made, at the value that does what the code
 # did before them (an option at None: the config's default, compared on its own)
 ADDED_SINCE = {
-    "train_accelerate": {"compile": False, "logq_correction": None, "window_stride": None, "score_function": None},
+    "train_accelerate": {"compile": False, "logq_correction": None, "window_stride": None, "score_function": None,
+                         "weight_average_decay": 0.0},
     "config": {"score_function": "cosine"},
 }
 
@@ -488,9 +489,10 @@ def baseline_records(name: str, split: str, seeds: list[int], data: BenchData, a
 TRAINING_OPTIONS = {  # bench_quality.py options passed on, under the same names, to train_accelerate.py when given
     "eval_steps": int, "patience": int, "batch_size": int, "learning_rate": float, "hidden_size": int,
     "max_history_length": int, "text_max_length": int, "perceiver_depth": int, "perceiver_head_dim": int,
-    "num_negatives": int, "post_release_dropout": float, "max_epochs": int, "dropout": float, "temperature": float,
+    "num_negatives": str, "post_release_dropout": float, "max_epochs": int, "dropout": float, "temperature": float,
     "user_id_dropout": float, "movie_id_dropout": float, "weight_decay": float, "num_layers": int, "lr_scheduler": str, "lr_decay_patience": int,
     "rating_loss_weight": float, "logq_correction": float, "window_stride": int, "score_function": str,
+    "weight_average_decay": float,
 }
 
 

@@ -17,6 +17,8 @@ class TrainingCollator:
     """Pads a batch of windows and builds its candidate movies: every movie in the batch plus `num_negatives`
     uniform samples from `negative_pool`, with log_q = log P(candidate is in the set) for the logQ correction:
     1 - P(none of the batch's targets is it) * P(no uniform draw is it), targets drawn by training frequency.
+    `num_negatives=None` takes the whole pool instead (a full softmax: every candidate certain, log_q 0), which a
+    catalog of a few thousand movies affords: their vectors once per step.
     `text_states=False` leaves the frozen text states out of movie_inputs (the largest part of a batch): the training
     loop gathers them where they live, on the device, with `MovieCatalog.text_inputs`."""
 
@@ -27,7 +29,7 @@ class TrainingCollator:
         config,
         movie_frequency: np.ndarray,
         negative_pool: np.ndarray,
-        num_negatives: int,
+        num_negatives: int | None,
         seed: int,
         text_states: bool = True,
     ) -> None:
@@ -62,15 +64,19 @@ class TrainingCollator:
         indices = torch.arange(len(windows)) if indices is None else indices
         batch = gather_windows(windows, indices, max_length=self.config.max_history_length + 1)
         in_batch = batch["history_movie_indices"][batch["history_mask"]]
-        generator = self.negative_generator(batch_key)
-        picks = torch.randint(len(self.negative_pool), (self.num_negatives,), generator=generator)
-        candidates = torch.unique(torch.cat((in_batch, self.negative_pool[picks])))
-        targets = int(batch["target_mask"].sum())
-        missed_in_batch = (1.0 - self.frequency_share[candidates]) ** targets
-        missed_uniform = torch.where(self.in_pool[candidates], (1.0 - 1.0 / len(self.negative_pool)) ** self.num_negatives, 1.0)
-        probability = 1.0 - missed_in_batch * missed_uniform
+        if self.num_negatives is None:
+            candidates = torch.unique(torch.cat((in_batch, self.negative_pool)))
+            log_q = torch.zeros(len(candidates))
+        else:
+            generator = self.negative_generator(batch_key)
+            picks = torch.randint(len(self.negative_pool), (self.num_negatives,), generator=generator)
+            candidates = torch.unique(torch.cat((in_batch, self.negative_pool[picks])))
+            targets = int(batch["target_mask"].sum())
+            missed_in_batch = (1.0 - self.frequency_share[candidates]) ** targets
+            missed_uniform = torch.where(self.in_pool[candidates], (1.0 - 1.0 / len(self.negative_pool)) ** self.num_negatives, 1.0)
+            log_q = torch.log((1.0 - missed_in_batch * missed_uniform).clamp(min=1e-12)).float()
         movie_inputs = self.catalog.inputs(candidates, config=self.config, text_states=self.text_states)
-        movie_inputs["log_q"] = torch.log(probability.clamp(min=1e-12)).float()
+        movie_inputs["log_q"] = log_q
         batch["movie_inputs"] = movie_inputs
         return batch
 

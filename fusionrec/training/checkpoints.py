@@ -93,9 +93,11 @@ def rng_files(folder: Path, process_index: int) -> tuple[Path, Path]:
     return folder / f"random_states_{process_index}.safetensors", folder / f"random_states_{process_index}.json"
 
 
-def write_training_state(folder: Path, accelerator, model, optimizer, scheduler) -> None:
+def write_training_state(folder: Path, accelerator, model, optimizer, scheduler, average=None) -> None:
     """The main process's part of a checkpoint (the weights first): the processes' copies are all the same."""
     save_weights(accelerator.unwrap_model(model), str(folder / "model.safetensors"))
+    if average is not None:
+        save_file(average.state_tensors(), folder / "weight_average.safetensors")
     tensors, rest = optimizer_tensors(optimizer.state_dict())
     save_file(tensors, folder / "optimizer.safetensors")
     write_json(folder / "optimizer.json", rest)
@@ -112,10 +114,15 @@ def write_process_state(folder: Path, accelerator) -> None:
     write_json(values_file, {"accelerator_step": accelerator.step, **values})
 
 
-def read_state(folder: Path, accelerator, model, optimizer, scheduler, state: TrainerState) -> None:
+def read_state(folder: Path, accelerator, model, optimizer, scheduler, state: TrainerState, average=None) -> None:
     """Every process reads the main process's part and its own RNG states (none when the checkpoint was written by
     fewer processes: it keeps its seeded ones, as accelerate's load_state did)."""
     load_model(accelerator.unwrap_model(model), str(folder / "model.safetensors"))
+    if average is not None:
+        if not (folder / "weight_average.safetensors").is_file():
+            raise UsageError(f"--resume-from-checkpoint {folder}: written without --weight-average-decay, so it has no "
+                             "weight average to go on from; resume without that option or start a new --output-dir")
+        average.load_state_tensors(load_file(folder / "weight_average.safetensors"))
     rest = read_json(folder / "optimizer.json")
     tensors = load_file(folder / "optimizer.safetensors")
     optimizer.load_state_dict(optimizer_state(tensors, rest, like=optimizer.param_groups))
@@ -130,7 +137,7 @@ def read_state(folder: Path, accelerator, model, optimizer, scheduler, state: Tr
         accelerator.step = values["accelerator_step"]
 
 
-def resume_state(accelerator, folder: Path, *, model, optimizer, scheduler, state: TrainerState) -> None:
+def resume_state(accelerator, folder: Path, *, model, optimizer, scheduler, state: TrainerState, average=None) -> None:
     """Put back what save_checkpoint wrote; a damaged checkpoint (a file truncated or edited after it was written) is
     one line. Launched with another number of processes, a run goes on, but not as the original would have: the
     data order and the RNG states are per process."""
@@ -141,7 +148,7 @@ def resume_state(accelerator, folder: Path, *, model, optimizer, scheduler, stat
         accelerator.print(f"{folder} was written by {written} process(es), this run has {accelerator.num_processes}: "
                           "the run goes on from there, but not as the original would have")
     try:
-        read_state(folder, accelerator, model, optimizer, scheduler, state)
+        read_state(folder, accelerator, model, optimizer, scheduler, state, average)
     except CHECKPOINT_ERRORS as error:
         raise UsageError(
             f"--resume-from-checkpoint {folder}: the checkpoint is damaged ({first_line(error)[:200]}); resume from "
@@ -171,7 +178,7 @@ class TrainerState:
             setattr(self, key, value)
 
 
-def save_checkpoint(accelerator, args, state: TrainerState, config, *, model, optimizer, scheduler) -> Path:
+def save_checkpoint(accelerator, args, state: TrainerState, config, *, model, optimizer, scheduler, average=None) -> Path:
     """The training state into a temporary folder (every process writes its part there), renamed to step_N once
     complete, so every step_N is whole; a kill midway leaves only the temporary, which the next save removes. Old
     checkpoints are pruned by renaming them away first, so none is ever half-deleted under its own name."""
@@ -187,7 +194,7 @@ def save_checkpoint(accelerator, args, state: TrainerState, config, *, model, op
     with atomic_output(final, folder=True, temporary=temporary) if main else nullcontext(temporary) as folder:
         folder.mkdir(exist_ok=True)
         if main:
-            write_training_state(folder, accelerator, model, optimizer, scheduler)
+            write_training_state(folder, accelerator, model, optimizer, scheduler, average)
         write_process_state(folder, accelerator)
         accelerator.wait_for_everyone()
         if main:

@@ -24,6 +24,7 @@ import sys
 import time
 import weakref
 from collections.abc import Sequence
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from fusionrec.training.checkpoints import (
     save_model,
 )
 from fusionrec.training.options import PROGRAM, UsageError, build_config, parse_args
+from fusionrec.training.weight_average import WeightAverage
 
 MIN_EVAL_INTERVAL = 50  # optimizer steps between default validations
 
@@ -277,9 +279,11 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
+    average = WeightAverage(accelerator.unwrap_model(model), decay=args.weight_average_decay) if args.weight_average_decay else None
     if args._resume_dir is not None:
         say(f"resuming from {args._resume_dir}")
-        resume_state(accelerator, args._resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
+        resume_state(accelerator, args._resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                     average=average)
 
     if accelerator.is_main_process:
         accelerator.init_trackers("fusionrec", config=scalar_hparams(args))
@@ -325,6 +329,12 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         return cpu_before + time.process_time() - cpu_started
 
     def run_evaluation(model) -> None:
+        if average is None:
+            return evaluate_and_keep_best(model)
+        with average.applied(accelerator.unwrap_model(model)):
+            return evaluate_and_keep_best(model)
+
+    def evaluate_and_keep_best(model) -> None:
         nonlocal last_metrics
         spent = cpu_seconds()
         metrics = evaluate(accelerator, model, data.catalog, data.validation)
@@ -380,6 +390,8 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if average is not None and accelerator.sync_gradients:
+                    average.update(accelerator.unwrap_model(model))
             state.batches_in_epoch += 1
             if state.batches_in_epoch >= len(loader):  # the epoch is complete: a checkpoint resumes at the next one
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
@@ -427,7 +439,8 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
             preempted = at_end and state.global_step < args.max_steps
             if periodic or preempted or (args.checkpointing_steps and (at_end or stopped_early)):
                 state.cpu_seconds = cpu_seconds()
-                save_checkpoint(accelerator, args, state, config, model=model, optimizer=optimizer, scheduler=scheduler)
+                save_checkpoint(accelerator, args, state, config, model=model, optimizer=optimizer, scheduler=scheduler,
+                                average=average)
             if at_end or stopped_early:
                 break
     progress.close()
@@ -460,8 +473,9 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         "history": state.history,
     }
     if finished:
-        final = save_model(accelerator, model, args, config, data.spec, catalog=data.catalog, kind="final",
-                           step=state.global_step, metrics=last_metrics, state=state)
+        with average.applied(accelerator.unwrap_model(model)) if average is not None else nullcontext():
+            final = save_model(accelerator, model, args, config, data.spec, catalog=data.catalog, kind="final",
+                               step=state.global_step, metrics=last_metrics, state=state)
         if hub is not None and final is not None:
             hub.submit(final, path_in_repo="final", message=f"final: step {state.global_step}")
     if hub is not None:

@@ -28,6 +28,16 @@ class _OneLineParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def negatives(value: str) -> int | None:
+    """--num-negatives: a count, or 'all' (None: every movie of the pool is a candidate)."""
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or 'all', got {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=PROGRAM,
@@ -132,13 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="plateau: evaluations without a better validation NDCG@10 before each decay",
     )  # fmt: skip
     optim.add_argument("--lr-decay-factor", type=float, default=0.5, help="plateau: learning-rate factor per decay")
+    optim.add_argument(
+        "--weight-average-decay", type=float, default=0.0,
+        help="validate and save an exponential moving average of the weights with this decay per step, e.g. 0.99 "
+        "(0: the raw weights)",
+    )  # fmt: skip
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
     optim.add_argument(
         "--window-stride", type=int, default=None,
         help="targets per training window, its last N steps (default: --max-history-length); the earlier steps are "
         "context, so a smaller stride trains every target on a longer history, with more windows per epoch",
     )  # fmt: skip
-    optim.add_argument("--num-negatives", type=int, default=128, help="uniform negatives per batch (plus in-batch)")
+    optim.add_argument(
+        "--num-negatives", type=negatives, default=128,
+        help="uniform negatives per batch (plus in-batch), or 'all': a full softmax over the catalog at every step "
+        "(its vectors once per step; affordable for a few thousand movies)",
+    )  # fmt: skip
     optim.add_argument(
         "--mixed-precision",
         choices=("no", "bf16", "fp16"),
@@ -214,6 +233,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise UsageError(f"argument --{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}")
     if not math.isfinite(args.learning_rate) or args.learning_rate < 0:  # 0 is allowed: a run that moves no weight
         raise UsageError(f"argument --learning-rate: must be a number >= 0 (e.g. 1e-2), got {args.learning_rate:g}")
+    if not 0 <= args.weight_average_decay < 1:
+        raise UsageError(f"argument --weight-average-decay: must be in [0, 1) (e.g. 0.99), got {args.weight_average_decay:g}")
     if not 0 < args.lr_decay_factor <= 1:
         raise UsageError(f"argument --lr-decay-factor: must be in (0, 1] (e.g. 0.5), got {args.lr_decay_factor:g}")
     if args.ddp_timeout <= 0:

@@ -109,6 +109,16 @@ def test_collating_indices_of_flat_windows_equals_collating_the_window_list():
     _assert_equal(batch, gathered)
 
 
+def test_all_negatives_make_every_pool_movie_a_certain_candidate():
+    catalog = _catalog()
+    collate = TrainingCollator(catalog, config=_Config(), movie_frequency=np.arange(30) < 3, negative_pool=np.arange(10, 30),
+                               num_negatives=None, seed=0, text_states=False)  # fmt: skip
+    windows = Sequences.from_list([UserSequence(1, np.array([0, 1, 2]), np.ones(3, np.float32), np.arange(3))])
+    inputs = collate(windows, indices=torch.tensor([0]), batch_key=(0, 0))["movie_inputs"]
+    assert inputs["movie_indices"].tolist() == [0, 1, 2, *range(10, 30)]  # the window's movies and the whole pool
+    assert torch.equal(inputs["log_q"], torch.zeros(23))  # a full softmax: nothing to correct
+
+
 def test_negatives_are_uniform_over_the_pool_at_the_rate_log_q_assumes():
     # One window of movies outside the pool: every other candidate is a negative. Over many batch keys, each pool
     # movie is a candidate with probability 1 - (1 - 1/pool)^num_negatives, which is exp(log_q) for it.

@@ -480,6 +480,30 @@ def test_plateau_schedule_halves_the_rate_on_each_plateau_and_resumes_exactly(da
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
 
 
+def test_the_weight_average_is_what_a_run_validates_and_saves_and_it_resumes_exactly(dataset, tmp_path, capsys):
+    common = ["--dataset", dataset, "--max-steps", 8, "--eval-steps", 4, "--patience", 0, "--logging-steps", 4, *TINY,
+              "--batch-size", 16, "--weight-average-decay", "0.9"]
+    assert run([*common, "--output-dir", tmp_path / "straight"]) == 0
+    interrupted = tmp_path / "interrupted"
+    assert run([*common, "--output-dir", interrupted, "--stop-at-step", 4]) == 0
+    step = interrupted / "checkpoints" / "step_4"
+    raw, average = load_file(step / "model.safetensors"), load_file(step / "weight_average.safetensors")
+    assert int(average.pop("__updates__")) == 4
+    assert any(not torch.equal(raw[name], average[name]) for name in average), "the average is the raw weights"
+    best = load_file(interrupted / "best" / "model.safetensors")  # validated at step 4: the average was saved
+    assert all(torch.equal(best[name], average[name]) for name in average)
+    assert run([*common, "--output-dir", interrupted, "--resume-from-checkpoint", "latest"]) == 0
+    straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    resumed = load_file(interrupted / "final" / "model.safetensors")
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    plain = tmp_path / "plain"
+    assert run([*[a for a in common if a not in ("--weight-average-decay", "0.9")], "--output-dir", plain,
+                "--stop-at-step", 4]) == 0
+    capsys.readouterr()
+    assert run([*common, "--output-dir", plain, "--resume-from-checkpoint", "latest"]) == 2
+    assert "written without --weight-average-decay" in one_line_error(capsys)
+
+
 def test_ddp_timeout_must_be_positive(tmp_path, capsys):
     assert run(["--dataset", tmp_path, "--output-dir", tmp_path / "out", "--ddp-timeout", "0"]) == 2
     assert "argument --ddp-timeout: must be > 0, got 0" in one_line_error(capsys)
