@@ -16,6 +16,7 @@ settings the record depends on: a record made with other settings is re-run), ma
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -198,25 +199,39 @@ ADDED_SINCE = {
 }
 
 
+def given_options(argv: list[str]) -> dict:
+    """The train_accelerate.py options an argv sets (and only those), JSON-normalised as a record stores defaults."""
+    from fusionrec.training.options import build_parser
+
+    parser = build_parser()
+    for action in parser._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    given, _ = parser.parse_known_args([str(part) for part in argv])
+    return json.loads(json.dumps(vars(given), sort_keys=True, default=str))
+
+
 def result_settings(job: dict | None) -> dict | None:
-    """A job's settings without the RESULT_NEUTRAL defaults, the INERT_UNLESS options that do not act in it and the
-    ADDED_SINCE options at their old behaviour, for comparing a record with the job that would make it."""
+    """What a job's run does, for comparing a record with the job that would make it: train_accelerate.py's options
+    as they take effect (its argv over its defaults, so an option given at the value a later default took is the
+    same run), without the RESULT_NEUTRAL defaults, the INERT_UNLESS options that do not act in it and the
+    ADDED_SINCE options at their old behaviour."""
     if not job or "defaults" not in job:
         return job
     defaults = {part: {k: v for k, v in values.items() if k not in RESULT_NEUTRAL.get(part, ())}
                 for part, values in job["defaults"].items()}
-    argv = job.get("train_accelerate_argv", [])
-    options = defaults.get("train_accelerate", {})
+    options = {**defaults.get("train_accelerate", {}), **given_options(job.get("train_accelerate_argv", []))}
+    for name in RESULT_NEUTRAL["train_accelerate"]:
+        options.pop(name, None)
     for name, (other, value) in INERT_UNLESS.items():
-        flag = f"--{other.replace('_', '-')}"
-        if (argv[argv.index(flag) + 1] if flag in argv else options.get(other)) != value:
+        if options.get(other) != value:
             options.pop(name, None)
+    defaults["train_accelerate"] = options
     for part, added in ADDED_SINCE.items():
         values = defaults.get(part, {})
         for name, before in added.items():
             if values.get(name, before) == before:
                 values.pop(name, None)
-    return {**job, "defaults": defaults}
+    return {**{key: value for key, value in job.items() if key != "train_accelerate_argv"}, "defaults": defaults}
 
 
 def finished_records(workdir: Path, models: tuple[str, ...], split: str, seed: int, *, config: dict, num_test: int,

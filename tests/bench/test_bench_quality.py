@@ -428,6 +428,24 @@ def test_a_record_made_before_a_result_neutral_default_changed_is_still_finished
     assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0, config=config, num_test=2) is None
 
 
+def test_a_record_is_the_job_that_sets_the_same_options_given_or_by_default(tmp_path):
+    """A screen run with an option given at the value that later becomes its default is the default run: records
+    compare the options as they take effect, not the command lines."""
+    import argparse
+
+    args = argparse.Namespace(steps=None, **{name: None for name in jobs.TRAINING_OPTIONS})
+    default = jobs.fusion_config("fusion_full", "leave_one_out", 0, args)
+    args.patience = default["defaults"]["train_accelerate"]["patience"]  # given, at the default's value
+    explicit = jobs.fusion_config("fusion_full", "leave_one_out", 0, args)
+    assert "--patience" in explicit["train_accelerate_argv"] and "--patience" not in default["train_accelerate_argv"]
+    jobs.write_record(tmp_path, {"model": "fusion_full", "split": "leave_one_out", "seed": 0, "job": explicit,
+                                 "test_target_ranks": [0, 1]})
+    assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0, config=default, num_test=2)
+    args.patience += 1
+    assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0,
+                                 config=jobs.fusion_config("fusion_full", "leave_one_out", 0, args), num_test=2) is None
+
+
 def test_report_only_reports_the_finished_records_and_runs_no_child_job(sample_data_dir, tmp_path, capsys):
     import bench_quality
 
