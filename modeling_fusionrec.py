@@ -930,7 +930,10 @@ class FusionModel(FusionPreTrainedModel):
     def _nearest(self, vector: Tensor, *, k: int, leave_out: int | None = None) -> list[dict]:
         check_k(k)
         catalog = self.movie_catalog()
-        scores = catalog.vectors.float() @ vector.float()
+        vectors, vector = catalog.vectors.float(), vector.float()
+        if self.config.score_function == "dot":  # similarity is the angle; a vector's length is how likely it is overall
+            vectors, vector = F.normalize(vectors, dim=-1), F.normalize(vector, dim=-1)
+        scores = vectors @ vector
         if leave_out is not None:
             scores[leave_out] = float("-inf")
         top = scores.topk(min(k, len(catalog) - (leave_out is not None)))

@@ -328,11 +328,13 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     def cpu_seconds() -> float:
         return cpu_before + time.process_time() - cpu_started
 
+    def with_averaged_weights(model):
+        """The weights a run validates and saves: the weight average's where there is one."""
+        return average.applied(accelerator.unwrap_model(model)) if average is not None else nullcontext()
+
     def run_evaluation(model) -> None:
-        if average is None:
-            return evaluate_and_keep_best(model)
-        with average.applied(accelerator.unwrap_model(model)):
-            return evaluate_and_keep_best(model)
+        with with_averaged_weights(model):
+            evaluate_and_keep_best(model)
 
     def evaluate_and_keep_best(model) -> None:
         nonlocal last_metrics
@@ -473,7 +475,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
         "history": state.history,
     }
     if finished:
-        with average.applied(accelerator.unwrap_model(model)) if average is not None else nullcontext():
+        with with_averaged_weights(model):
             final = save_model(accelerator, model, args, config, data.spec, catalog=data.catalog, kind="final",
                                step=state.global_step, metrics=last_metrics, state=state)
         if hub is not None and final is not None:

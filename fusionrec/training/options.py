@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    positive = ("max_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "max_history_length", "hidden_size", "window_stride",
-                "lr_decay_patience")
+    positive = ("max_epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "max_history_length", "hidden_size",
+                "window_stride", "lr_decay_patience")
     for name in positive:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UsageError(f"argument --{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}")
