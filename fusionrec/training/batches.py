@@ -99,7 +99,8 @@ def load_training_data(args, config, accelerator) -> TrainingData:
     catalog = catalog.for_split(args.split)
     cold = catalog.cold_item.numpy()
     train = training_part(rows, args.split, cold).nonempty()
-    windows = training_windows(train, window=config.max_history_length, stride=args.window_stride)
+    window = config.max_history_length
+    windows = training_windows(train, window=window, stride=min(args.window_stride, window))
     validation = evaluation_examples(rows, args.split, "validation", cold)
     if args.max_eval_users is not None and len(validation) > args.max_eval_users:
         validation = subset_examples(validation, slice(0, args.max_eval_users))

@@ -121,7 +121,8 @@ def read_state(folder: Path, accelerator, model, optimizer, scheduler, state: Tr
     if average is not None:
         if not (folder / "weight_average.safetensors").is_file():
             raise UsageError(f"--resume-from-checkpoint {folder}: written without --weight-average-decay, so it has no "
-                             "weight average to go on from; resume without that option or start a new --output-dir")
+                             "weight average to go on from; resume with --weight-average-decay 0 or start a new "
+                             "--output-dir")
         average.load_state_tensors(load_file(folder / "weight_average.safetensors"))
     rest = read_json(folder / "optimizer.json")
     tensors = load_file(folder / "optimizer.safetensors")

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hidden-size", type=int, default=64, help="width of both towers and of the vectors")
     model.add_argument("--num-layers", type=int, default=2, help="user Transformer layers")
     model.add_argument("--num-heads", type=int, default=4, help="user Transformer attention heads")
-    model.add_argument("--max-history-length", type=int, default=50, help="training window / history length")
+    model.add_argument("--max-history-length", type=int, default=100, help="training window / history length")
     model.add_argument(
         "--text-encoder",
         default=DEFAULT_TEXT_ENCODER,
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument(
-        "--max-epochs", type=int, default=30,
+        "--max-epochs", type=int, default=60,
         help="passes over the training windows; the run is sized from the data, and early stopping (--patience) "
         "usually ends it sooner",
     )  # fmt: skip
@@ -143,15 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     optim.add_argument("--lr-decay-factor", type=float, default=0.5, help="plateau: learning-rate factor per decay")
     optim.add_argument(
-        "--weight-average-decay", type=float, default=0.0,
-        help="validate and save an exponential moving average of the weights with this decay per step, e.g. 0.99 "
-        "(0: the raw weights)",
+        "--weight-average-decay", type=float, default=0.99,
+        help="validate and save an exponential moving average of the weights with this decay per step (0: the raw "
+        "weights)",
     )  # fmt: skip
     optim.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
     optim.add_argument(
-        "--window-stride", type=int, default=None,
-        help="targets per training window, its last N steps (default: --max-history-length); the earlier steps are "
-        "context, so a smaller stride trains every target on a longer history, with more windows per epoch",
+        "--window-stride", type=int, default=50,
+        help="targets per training window, its last N steps (at most --max-history-length: the default 50 makes "
+        "the default 100-step window half context); a smaller stride trains every target on a longer history, with "
+        "more windows per epoch",
     )  # fmt: skip
     optim.add_argument(
         "--num-negatives", type=negatives, default=128,

@@ -144,6 +144,7 @@ def test_a_checkpoint_is_safetensors_and_json_and_an_old_pickled_one_is_not_read
     assert sorted(path.name for path in step.iterdir()) == [
         "config.json", "configuration_fusionrec.py", "model.safetensors", "optimizer.json", "optimizer.safetensors",
         "random_states_0.json", "random_states_0.safetensors", "scheduler.json", "trainer_state.json",
+        "weight_average.safetensors",
     ]  # fmt: skip
     for path in step.iterdir():
         if path.suffix == ".json":
@@ -497,8 +498,7 @@ def test_the_weight_average_is_what_a_run_validates_and_saves_and_it_resumes_exa
     resumed = load_file(interrupted / "final" / "model.safetensors")
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
     plain = tmp_path / "plain"
-    assert run([*[a for a in common if a not in ("--weight-average-decay", "0.9")], "--output-dir", plain,
-                "--stop-at-step", 4]) == 0
+    assert run([*common, "--weight-average-decay", "0", "--output-dir", plain, "--stop-at-step", 4]) == 0
     capsys.readouterr()
     assert run([*common, "--output-dir", plain, "--resume-from-checkpoint", "latest"]) == 2
     assert "written without --weight-average-decay" in one_line_error(capsys)
@@ -515,8 +515,8 @@ def test_the_run_is_sized_from_the_data_unless_steps_are_given():
     def sized(*argv, batches):
         return run_length(parse_args(["--dataset", "d", "--output-dir", "o", *argv]), batches_per_epoch=batches)
 
-    assert sized(batches=35) == (30 * 35, MIN_EVAL_INTERVAL)  # a small epoch: validation at least 50 steps apart
-    assert sized(batches=20_333) == (30 * 20_333, 20_333)  # a large one: once per epoch
+    assert sized(batches=35) == (60 * 35, MIN_EVAL_INTERVAL)  # a small epoch: validation at least 50 steps apart
+    assert sized(batches=20_333) == (60 * 20_333, 20_333)  # a large one: once per epoch
     assert sized("--max-epochs", "2", "--gradient-accumulation-steps", "4", batches=400) == (200, 100)
     assert sized("--max-steps", "7", "--eval-steps", "0", batches=35) == (7, 0)
-    assert sized("--gradient-accumulation-steps", "4", batches=3) == (30, MIN_EVAL_INTERVAL)  # under one step: one
+    assert sized("--gradient-accumulation-steps", "4", batches=3) == (60, MIN_EVAL_INTERVAL)  # under one step: one
