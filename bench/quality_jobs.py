@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -225,6 +226,8 @@ def result_settings(job: dict | None) -> dict | None:
     for name, (other, value) in INERT_UNLESS.items():
         if options.get(other) != value:
             options.pop(name, None)
+    if (options.get("window_stride") or math.inf) >= options.get("max_history_length", math.inf):
+        options["window_stride"] = None  # every step of a window a target, as before the option (None)
     defaults["train_accelerate"] = options
     for part, added in ADDED_SINCE.items():
         values = defaults.get(part, {})

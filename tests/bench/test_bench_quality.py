@@ -397,6 +397,8 @@ def test_a_record_made_before_a_result_neutral_default_changed_is_still_finished
 
     args = argparse.Namespace(steps=None, **{name: None for name in jobs.TRAINING_OPTIONS})
     config = jobs.fusion_config("fusion_full", "leave_one_out", 0, args)
+    trainer = config["defaults"]["train_accelerate"]  # a job at the code's old behaviour: stride = window, no average
+    trainer["window_stride"], trainer["weight_average_decay"] = trainer["max_history_length"], 0.0
     old = json.loads(json.dumps(config))
     old["defaults"]["config"]["custom_pipelines"] = {"movie-recommendation": {"impl": "elsewhere.Pipeline"}}
     old["defaults"]["train_accelerate"].pop("dataloader_num_workers", None)  # an option added since
@@ -405,8 +407,9 @@ def test_a_record_made_before_a_result_neutral_default_changed_is_still_finished
     assert old["defaults"]["train_accelerate"].pop("logq_correction") is None  # added since; None defers to the config
     assert old["defaults"]["train_accelerate"].pop("compile") is False  # added since, off as the code before it
     old["defaults"]["train_accelerate"].pop("compile_backend")  # acts only under --compile
-    for name in ("window_stride", "score_function"):  # added since; None keeps the code before them
-        assert old["defaults"]["train_accelerate"].pop(name) is None
+    old["defaults"]["train_accelerate"]["window_stride"] = None  # None: each window all targets, as a stride = window
+    assert old["defaults"]["train_accelerate"].pop("weight_average_decay") == 0.0  # added since, off as before it
+    assert old["defaults"]["train_accelerate"].pop("score_function") is None  # added since; None: the config's
     assert old["defaults"]["config"].pop("score_function") == "cosine"  # a config field added since, at its old way
     jobs.write_record(tmp_path, {"model": "fusion_full", "split": "leave_one_out", "seed": 0, "job": old,
                                  "test_target_ranks": [0, 1]})
@@ -444,6 +447,19 @@ def test_a_record_is_the_job_that_sets_the_same_options_given_or_by_default(tmp_
     args.patience += 1
     assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0,
                                  config=jobs.fusion_config("fusion_full", "leave_one_out", 0, args), num_test=2) is None
+
+
+def test_window_strides_that_make_every_step_a_target_are_one_setting():
+    import argparse
+
+    def settings(**given):
+        args = argparse.Namespace(steps=None, **{name: given.get(name) for name in jobs.TRAINING_OPTIONS})
+        return jobs.result_settings(jobs.fusion_config("fusion_full", "leave_one_out", 0, args))
+
+    window = settings()["defaults"]["train_accelerate"]["max_history_length"]
+    assert settings(window_stride=window) == settings(window_stride=window + 7)  # at least the window: every step once
+    assert settings(window_stride=window - 1) != settings(window_stride=window)
+    assert settings(max_history_length=40, window_stride=45) == settings(max_history_length=40, window_stride=40)
 
 
 def test_report_only_reports_the_finished_records_and_runs_no_child_job(sample_data_dir, tmp_path, capsys):
