@@ -57,7 +57,7 @@ ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_TOKENS = 32
 GB = 1e9
 TARGETS = {"peak_rss_bytes": 8 * GB, "input_windows_per_s": 6000, "first_step_s": 120.0, "loo_evaluation_s": 120.0, "cold_evaluation_s": 600.0, "export_s": 300.0}
-# The quality benchmark's model settings (README, bench/README.md): hidden 64, 50-step windows, batch 32.
+# train_accelerate.py's defaults (hidden 64; 100-step windows of 50 targets since session 5) at batch 32.
 TRAIN_OPTIONS = [
     "--text-max-length", str(TEXT_TOKENS), "--perceiver-depth", "1",
     "--perceiver-head-dim", "16", "--learning-rate", "1e-2", "--batch-size", "32", "--logging-steps", "10",
@@ -128,8 +128,8 @@ print(json.dumps({{"collate_seconds_per_batch": collate_s, "collate_cpu_seconds_
                   "ops_per_step": CountOps.count, "targets_per_batch": int(batch["target_mask"].sum()),
                   "candidates_per_batch": int(len(batch["movie_inputs"]["movie_indices"]))}}))
 """
-# The training data path alone (windows, negatives, features; no model), at --input-batch-size and
-# train_accelerate.py's default 50-step windows. "row by row" is the
+# The training data path alone (windows, negatives, features; no model), at --input-batch-size and 50-step windows
+# (the training default until session 5, kept so runs compare). "row by row" is the
 # collator fed a list of windows with the text states gathered in (today's loader before issue 23; it also runs on
 # --baseline-root, a checkout of the code before, since it uses only the API both share); "gathered" is the loader
 # train_accelerate.py builds, at 0-2 DataLoader workers, the text states left for the device.

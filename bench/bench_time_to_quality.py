@@ -4,7 +4,8 @@
     python bench/bench_time_to_quality.py --workdir /tmp/fs26                 # trains (resumable), then reports
     python bench/bench_time_to_quality.py --workdir /tmp/fs26 --report-only   # the curve so far
 
-Trains train_accelerate.py's defaults (hidden 64, 50-step windows, batch 64, MiniLM states of 32 tokens) on one
+Trains train_accelerate.py's defaults (hidden 64, batch 64, MiniLM states of 32 tokens; the recorded hour ran at the
+50-step windows those defaults had then) on one
 thread for --max-steps (cosine schedule over them), validating on 5,000 users and checkpointing every --eval-steps;
 a killed run resumes from its newest checkpoint. The report reads the training history (the newest checkpoint's, or
 the finished run's), so it can be written while the run goes on. It adds the projected epoch time on one GPU from two
