@@ -714,23 +714,33 @@ class FusionModel(FusionPreTrainedModel):
         movie_vectors: Tensor,
         user_indices: Tensor | None = None,
         as_of: Tensor | int | None = None,
+        history_lengths: Tensor | None = None,
     ) -> Tensor:
         """L2-normalised user vectors as of a time (unix seconds, one per user or one for all; default: each user's
         last rating). Ratings after `as_of` are ignored. `movie_vectors` is the catalog matrix (num_movies, hidden)
         from `calculate_movie_feature`. Histories are time-ordered and right-padded; an empty history is allowed.
         `as_of` of shape (batch, dates) gives (batch, dates, hidden): each history is encoded once and every date
-        reads its own causal state, the same vectors as one call per date (attention is causal)."""
+        reads its own causal state, the same vectors as one call per date (attention is causal).
+        `history_lengths` (batch, reads) reads each history after that many of its steps instead, (batch, reads,
+        hidden): the vectors of the history cut there (by position, so same-second ratings stay apart), asked as of
+        `as_of` (one per read, per user or for all) or of the last step read."""
         self._check_history(history_movie_indices, history_ratings, history_timestamps, history_mask)
         mask = history_mask
-        dated = as_of is not None and torch.as_tensor(as_of).dim() == 2
+        dated = history_lengths is not None or (as_of is not None and torch.as_tensor(as_of).dim() == 2)
         if as_of is not None:
             as_of = torch.as_tensor(as_of, dtype=torch.int64, device=mask.device)
-            as_of = as_of if dated else as_of.expand(mask.shape[0])[:, None]
+            as_of = as_of if as_of.dim() == 2 else as_of.expand(mask.shape[0])[:, None]
             mask = mask & (history_timestamps <= as_of.max(dim=1).values[:, None])
         if user_indices is None:
             user_indices = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
         self._check_index("user_indices", user_indices, self.config.num_users)
-        if as_of is None:
+        if history_lengths is not None:
+            lengths = torch.as_tensor(history_lengths, dtype=torch.int64, device=mask.device)
+            if lengths.dim() != 2 or lengths.shape[0] != mask.shape[0] or not (lengths >= 0).all() or \
+                    (lengths > mask.sum(dim=1, keepdim=True)).any():  # fmt: skip
+                raise ValueError("history_lengths must be (batch, reads), each between 0 and its history's length.")
+            as_of = None if as_of is None else as_of.expand_as(lengths)
+        elif as_of is None:
             lengths = mask.sum(dim=1, keepdim=True)
         else:
             lengths = (mask.unsqueeze(1) & (history_timestamps.unsqueeze(1) <= as_of.unsqueeze(2))).sum(dim=2)

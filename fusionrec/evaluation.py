@@ -32,7 +32,7 @@ from fusionrec.errors import CommandError
 from fusionrec.io import atomic_write_text, check_writable
 from fusionrec.metrics.fusionrec_metrics import ranking_metrics, rating_rmse
 from fusionrec.parallel import check_processes, run_forked
-from fusionrec.retrieval import ExactSearch, catalog_vectors, make_search, user_vectors
+from fusionrec.retrieval import ExactSearch, catalog_vectors, make_search, prefix_user_vectors
 
 METRICS_MODULE = Path(__file__).resolve().parent / "metrics" / "fusionrec_metrics"
 EVALUATE_MODULE_MAX_EXAMPLES = 100_000  # "auto": beyond this the numpy functions (same numbers, ~25x faster)
@@ -75,7 +75,7 @@ def rank_examples(
     @torch.no_grad()
     def rank_batch(number: int) -> int:
         part = slice(number * batch_size, min((number + 1) * batch_size, count))
-        users = user_vectors(
+        users = prefix_user_vectors(
             model,
             histories.subset(part),
             movie_vectors,

@@ -5,6 +5,7 @@ recommendations and the export.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -69,6 +70,54 @@ def user_vectors(
             model.calculate_user_feature(**batch, movie_vectors=movie_vectors, user_indices=users, as_of=query).float()
         )
     return torch.cat(parts) if parts else torch.zeros(0, movie_vectors.shape[1], device=device)
+
+
+@torch.no_grad()
+def prefix_user_vectors(
+    model, sequences: Sequences, movie_vectors: torch.Tensor, *, as_of: np.ndarray | None = None, batch_size: int = 256
+) -> torch.Tensor:
+    """`user_vectors` for histories of which many are prefixes of one another (a user's evaluation examples, each
+    its earlier ratings). A history that fits the window starts at its first step, so its state is a causal state of
+    the longest fitting history with the same first step: those are encoded once each and read at every member's
+    length. Longer histories, whose windows all start elsewhere, are encoded on their own. `as_of`: as in
+    `user_vectors`, at or after each history's last step."""
+    if "history_lengths" not in inspect.signature(model.calculate_user_feature).parameters:
+        return user_vectors(model, sequences, movie_vectors, as_of=as_of, batch_size=batch_size)  # saved before it
+    model.eval()
+    lengths = sequences.lengths()
+    vectors = torch.zeros(len(sequences), movie_vectors.shape[1], device=movie_vectors.device)
+    fits = np.flatnonzero(lengths <= model.config.max_history_length)
+    longer = np.flatnonzero(lengths > model.config.max_history_length)
+    if len(longer):
+        vectors[torch.from_numpy(longer)] = user_vectors(
+            model, sequences.subset(longer), movie_vectors, as_of=None if as_of is None else as_of[longer],
+            batch_size=batch_size)  # fmt: skip
+    if not len(fits):
+        return vectors
+    users, starts = sequences.user_index, sequences.starts  # an empty history's start is the next one's first step
+    order = fits[np.lexsort((-lengths[fits], users[fits], starts[fits]))]  # by first step and user, the longest first
+    first = np.r_[True, (starts[order][1:] != starts[order][:-1]) | (users[order][1:] != users[order][:-1])]
+    group = np.cumsum(first) - 1
+    rank = np.arange(len(order)) - np.flatnonzero(first)[group]
+    carriers = order[first]
+    reads = np.repeat(lengths[carriers][:, None], rank.max() + 1, axis=1)
+    reads[group, rank] = lengths[order]
+    times = None
+    if as_of is not None:
+        times = np.repeat(np.asarray(as_of, dtype=np.int64)[carriers][:, None], rank.max() + 1, axis=1)
+        times[group, rank] = as_of[order]
+    carried = sequences.subset(carriers)
+    for start in range(0, len(carriers), batch_size):
+        part = slice(start, min(start + batch_size, len(carriers)))
+        batch = to_device(gather_windows(carried, torch.arange(part.start, part.stop), max_length=model.config.max_history_length), movie_vectors.device)
+        batch.pop("target_mask")
+        read = model.calculate_user_feature(
+            **batch, movie_vectors=movie_vectors, history_lengths=torch.from_numpy(reads[part]).to(movie_vectors.device),
+            as_of=None if times is None else torch.from_numpy(times[part]).to(movie_vectors.device),
+        ).float()  # fmt: skip
+        members = (group >= part.start) & (group < part.stop)
+        vectors[torch.from_numpy(order[members])] = read[group[members] - part.start, rank[members]]
+    return vectors
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from fusionrec.data.sequences import (
     pad_histories,
     training_windows,
 )
-from fusionrec.retrieval import ExactSearch, dated_user_vectors, user_vectors
+from fusionrec.retrieval import ExactSearch, dated_user_vectors, prefix_user_vectors, user_vectors
 from fusionrec.training.batches import EpochBatchSampler, KeyedWindows, built_batch
 
 
@@ -235,6 +235,47 @@ def test_dated_user_vectors_from_one_encoding_equal_one_call_per_date():
     window = [sequences.until(as_of[:, d]) for d in range(3)]
     moved = [np.maximum(w.starts, w.stops - 6) != np.maximum(window[2].starts, window[2].stops - 6) for w in window]
     assert moved[0].any() and (~moved[0] & (window[0].lengths() < window[2].lengths())).any()
+
+
+def test_prefix_user_vectors_read_from_one_encoding_equal_each_history_encoded_alone():
+    """A user's evaluation examples are prefixes of one history (cold_items: ~10 per user at 26M): those that fit the
+    window are read from one encoding at their own lengths, in any order and across batch edges; the longer ones, and
+    a read asked as of a later time, give the vectors of each history encoded alone."""
+    from tiny import tiny_config
+
+    from modeling_fusionrec import FusionModel
+
+    torch.manual_seed(0)
+    model = FusionModel(tiny_config(num_movies=30, num_users=60, use_text=False, max_history_length=6)).eval()
+    movie_vectors = torch.nn.functional.normalize(torch.randn(30, 32), dim=-1)
+    full = _rows().sequences()
+    rng = np.random.default_rng(5)
+    owner = rng.permutation(np.repeat(np.arange(len(full)), 4))  # four prefixes per history, shuffled
+    cut = rng.integers(0, full.lengths()[owner] + 1)
+    prefixes = full.subset(owner)
+    prefixes.stops = prefixes.starts + cut
+    assert (cut == 0).any() and (cut > 6).any() and ((cut <= 6) & (cut > 0)).any() and (full.lengths() == 0).any()
+    shared = prefix_user_vectors(model, prefixes, movie_vectors, batch_size=16)
+    torch.testing.assert_close(shared, user_vectors(model, prefixes, movie_vectors, batch_size=16), rtol=0, atol=1e-5)
+    later = np.array([prefixes.timestamps[stop - 1] if stop > start else 0 for start, stop in
+                      zip(prefixes.starts, prefixes.stops, strict=True)]) + rng.integers(1, 10**7, len(prefixes))  # fmt: skip
+    torch.testing.assert_close(prefix_user_vectors(model, prefixes, movie_vectors, as_of=later, batch_size=7),
+                               user_vectors(model, prefixes, movie_vectors, as_of=later, batch_size=16), rtol=0, atol=1e-5)
+
+    class SavedBefore(FusionModel):  # the remote code of a checkpoint saved before history_lengths existed
+        def calculate_user_feature(self, *, history_movie_indices, history_ratings, history_timestamps, history_mask,
+                                   movie_vectors, user_indices=None, as_of=None):  # fmt: skip
+            return super().calculate_user_feature(
+                history_movie_indices=history_movie_indices, history_ratings=history_ratings, history_mask=history_mask,
+                history_timestamps=history_timestamps, movie_vectors=movie_vectors, user_indices=user_indices, as_of=as_of)
+
+    older = SavedBefore(model.config).eval()
+    older.load_state_dict(model.state_dict())
+    torch.testing.assert_close(prefix_user_vectors(older, prefixes, movie_vectors, batch_size=16), shared, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="history_lengths must be"):
+        batch = gather_windows(full, torch.arange(3), max_length=6)
+        batch.pop("target_mask")
+        model.calculate_user_feature(**batch, movie_vectors=movie_vectors, history_lengths=torch.full((3, 1), 7))
 
 
 def _assert_equal(one, other) -> None:
