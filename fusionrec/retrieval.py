@@ -106,17 +106,17 @@ def prefix_user_vectors(
     if as_of is not None:
         times = np.repeat(np.asarray(as_of, dtype=np.int64)[carriers][:, None], rank.max() + 1, axis=1)
         times[group, rank] = as_of[order]
-    carried = sequences.subset(carriers)
+    device, carried = movie_vectors.device, sequences.subset(carriers)
+    reads = torch.from_numpy(reads).to(device)
+    times = None if times is None else torch.from_numpy(times).to(device)
     for start in range(0, len(carriers), batch_size):
         part = slice(start, min(start + batch_size, len(carriers)))
-        batch = to_device(gather_windows(carried, torch.arange(part.start, part.stop), max_length=model.config.max_history_length), movie_vectors.device)
+        batch = gather_windows(carried, torch.arange(part.start, part.stop), max_length=model.config.max_history_length)
         batch.pop("target_mask")
-        read = model.calculate_user_feature(
-            **batch, movie_vectors=movie_vectors, history_lengths=torch.from_numpy(reads[part]).to(movie_vectors.device),
-            as_of=None if times is None else torch.from_numpy(times[part]).to(movie_vectors.device),
-        ).float()  # fmt: skip
+        read = model.calculate_user_feature(**to_device(batch, device), movie_vectors=movie_vectors,
+                                            history_lengths=reads[part], as_of=None if times is None else times[part])
         members = (group >= part.start) & (group < part.stop)
-        vectors[torch.from_numpy(order[members])] = read[group[members] - part.start, rank[members]]
+        vectors[torch.from_numpy(order[members])] = read.float()[group[members] - part.start, rank[members]]
     return vectors
 
 
