@@ -16,7 +16,8 @@ from fusionrec.data.sequences import Sequences, UserSequence, gather_windows
 class TrainingCollator:
     """Pads a batch of windows and builds its candidate movies: every movie in the batch plus `num_negatives`
     uniform samples from `negative_pool`, with log_q = log P(candidate is in the set) for the logQ correction:
-    1 - P(none of the batch's targets is it) * P(no uniform draw is it), targets drawn by training frequency.
+    1 - P(none of the batch's steps is it) * P(no uniform draw is it), steps drawn by training frequency. Every
+    step of a window is a candidate, its context steps too, so all of them count, not only the targets.
     `num_negatives=None` takes the whole pool instead (a full softmax: every candidate certain, log_q 0), which a
     catalog of a few thousand movies affords: their vectors once per step.
     `text_states=False` leaves the frozen text states out of movie_inputs (the largest part of a batch): the training
@@ -71,8 +72,8 @@ class TrainingCollator:
             generator = self.negative_generator(batch_key)
             picks = torch.randint(len(self.negative_pool), (self.num_negatives,), generator=generator)
             candidates = torch.unique(torch.cat((in_batch, self.negative_pool[picks])))
-            targets = int(batch["target_mask"].sum())
-            missed_in_batch = (1.0 - self.frequency_share[candidates]) ** targets
+            steps = int(batch["history_mask"].sum())
+            missed_in_batch = (1.0 - self.frequency_share[candidates]) ** steps
             missed_uniform = torch.where(self.in_pool[candidates], (1.0 - 1.0 / len(self.negative_pool)) ** self.num_negatives, 1.0)
             log_q = torch.log((1.0 - missed_in_batch * missed_uniform).clamp(min=1e-12)).float()
         movie_inputs = self.catalog.inputs(candidates, config=self.config, text_states=self.text_states)

@@ -148,6 +148,25 @@ def test_collator_candidates_cover_the_batch_and_log_q_follows_frequency():
     assert log_q[0] == pytest.approx(np.log(1 - (1 - 2 / 5) ** 5), rel=1e-6)
 
 
+def test_log_q_counts_every_step_of_a_window_context_included():
+    """A window's context steps are candidates as much as its targets, so the in-batch inclusion probability is
+    taken over all the batch's steps: with half of each window context, counting targets alone would halve it."""
+    catalog = MovieCatalog(
+        numeric=torch.zeros(8, 0), categorical={}, multi_valued={}, texts=[""] * 8, titles=[""] * 8, years=[None] * 8,
+        cold_item=torch.zeros(8, dtype=torch.bool), num_ratings=torch.zeros(8, dtype=torch.long),
+    )
+    sequence = UserSequence(1, np.array([0, 1, 2, 3, 0, 1, 2, 3, 0, 1]), np.ones(10, np.float32), np.arange(10))
+    windows = training_windows([sequence], window=4, stride=2)
+    frequency = movie_frequency([sequence], 8)
+    collate = TrainingCollator(catalog, config=_Config(), movie_frequency=frequency, negative_pool=np.arange(4, 8), num_negatives=2, seed=0)
+    batch = collate(windows)
+    steps, targets = int(batch["history_mask"].sum()), int(batch["target_mask"].sum())
+    assert steps > targets
+    log_q = dict(zip(batch["movie_inputs"]["movie_indices"].tolist(), batch["movie_inputs"]["log_q"].tolist(), strict=True))
+    assert log_q[3] == pytest.approx(np.log(1 - (1 - 2 / 10) ** steps), rel=1e-6)
+    assert log_q[0] == pytest.approx(np.log(1 - (1 - 3 / 10) ** steps), rel=1e-6)
+
+
 def test_text_cache_encodes_each_text_once_and_is_reused(tmp_path):
     encoder_dir = save_tiny_t5(tmp_path / "t5")
     texts = ["a spy story", "a cowboy doll", "a spy story"]
