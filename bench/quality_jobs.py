@@ -189,8 +189,8 @@ class Job:
 # many DataLoader workers gather the (identical) batches. A record made before one of them changed is still finished.
 RESULT_NEUTRAL = {"config": ("custom_pipelines",), "train_accelerate": ("dataloader_num_workers",)}
 # train_accelerate.py options that act only under another option's value (and records made before they existed lack)
-INERT_UNLESS = {"lr_decay_patience": ("lr_scheduler", "plateau"), "lr_decay_factor": ("lr_scheduler", "plateau"),
-                "compile_backend": ("compile", True)}
+INERT_UNLESS = {"lr_decay_patience": ("lr_scheduler", ("plateau", "wsd")), "lr_decay_factor": ("lr_scheduler", ("plateau",)),
+                "lr_cooldown_fraction": ("lr_scheduler", ("wsd",)), "compile_backend": ("compile", (True,))}
 # train_accelerate.py options and config fields added after records were made, at the value that does what the code
 # did before them (an option at None: the config's default, compared on its own)
 ADDED_SINCE = {
@@ -223,8 +223,8 @@ def result_settings(job: dict | None) -> dict | None:
     options = {**defaults.get("train_accelerate", {}), **given_options(job.get("train_accelerate_argv", []))}
     for name in RESULT_NEUTRAL["train_accelerate"]:
         options.pop(name, None)
-    for name, (other, value) in INERT_UNLESS.items():
-        if options.get(other) != value:
+    for name, (other, values) in INERT_UNLESS.items():
+        if options.get(other) not in values:
             options.pop(name, None)
     if (options.get("window_stride") or math.inf) >= options.get("max_history_length", math.inf):
         options["window_stride"] = None  # every step of a window a target, as before the option (None)
@@ -509,6 +509,7 @@ TRAINING_OPTIONS = {  # bench_quality.py options passed on, under the same names
     "max_history_length": int, "text_max_length": int, "perceiver_depth": int, "perceiver_head_dim": int,
     "num_negatives": str, "post_release_dropout": float, "max_epochs": int, "dropout": float, "temperature": float,
     "user_id_dropout": float, "movie_id_dropout": float, "weight_decay": float, "num_layers": int, "lr_scheduler": str, "lr_decay_patience": int,
+    "lr_cooldown_fraction": float,
     "rating_loss_weight": float, "logq_correction": float, "window_stride": int, "score_function": str,
     "weight_average_decay": float,
 }

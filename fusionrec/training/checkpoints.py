@@ -168,6 +168,8 @@ class TrainerState:
         self.best_step: int | None = None
         self.evaluations_without_improvement = 0
         self.lr_scale = 1.0  # the plateau schedule's decays so far
+        self.cooldown_start: int | None = None  # the wsd schedule's cool-down: the step it began, its length
+        self.cooldown_steps = 0
         self.history: list[dict] = []
         self.cpu_seconds = 0.0  # this process's CPU time in train(), summed over resumes: time to quality
 

@@ -171,21 +171,45 @@ def run_length(args, *, batches_per_epoch: int) -> tuple[int, int]:
     return max_steps, eval_steps
 
 
+def cooldown_factor(step: float, state: TrainerState) -> float:
+    """wsd: 1 until the cool-down starts, then a half cosine to 0 over its length."""
+    if state.cooldown_start is None:
+        return 1.0
+    done = min(1.0, max(0.0, (step - state.cooldown_start) / max(1, state.cooldown_steps)))
+    return 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def validation_ended(args, state: TrainerState) -> str | None:
+    """Why validation has ended the run (early stopping, or the wsd cool-down complete), or None."""
+    if args.patience and state.evaluations_without_improvement >= args.patience:
+        return f"early stopping: no better validation ndcg@10 in {args.patience} evaluations"
+    if state.cooldown_start is not None and state.global_step >= state.cooldown_start + state.cooldown_steps:
+        return f"the learning-rate cool-down is complete at step {state.global_step}"
+    return None
+
+
 def build_scheduler(optimizer, args, state: TrainerState, *, steps_per_epoch: int, num_processes: int):
     """Linear warmup, then --lr-scheduler. plateau holds the peak times `state.lr_scale`, which each validation
-    plateau lowers (run_evaluation), so the run's length and decay follow validation and --max-epochs is only a
-    safety bound; the state is checkpointed, so a resumed run decays as the uninterrupted one. The others decay
-    over the whole --max-steps. AcceleratedScheduler steps once per process per optimizer step (split_batches=False),
-    so step counts are scaled by the number of processes."""
+    plateau lowers; wsd holds the peak until the first plateau, then cools down (`cooldown_factor`) and the run ends
+    with it (run_evaluation sets both). Under either, the run's length and decay follow validation and --max-epochs
+    is only a safety bound; the state is checkpointed, so a resumed run decays as the uninterrupted one. The others
+    decay over the whole --max-steps. AcceleratedScheduler steps once per process per optimizer step
+    (split_batches=False), so step counts are scaled by the number of processes."""
     from transformers import get_scheduler
 
     if args.warmup_steps is not None:
         warmup = args.warmup_steps
+    elif args.lr_scheduler in ("plateau", "wsd"):
+        warmup = max(1, steps_per_epoch)
     else:
-        warmup = max(1, steps_per_epoch) if args.lr_scheduler == "plateau" else math.ceil(0.05 * args.max_steps)
-    if args.lr_scheduler == "plateau":
+        warmup = math.ceil(0.05 * args.max_steps)
+    if args.lr_scheduler in ("plateau", "wsd"):
         ramp = warmup * num_processes
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / ramp) * state.lr_scale)
+
+        def factor(step: int) -> float:
+            return min(1.0, (step + 1) / ramp) * state.lr_scale * cooldown_factor(step / num_processes, state)
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup * num_processes,
                          num_training_steps=args.max_steps * num_processes)
 
@@ -322,7 +346,7 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     started = time.perf_counter()
     train_seconds = 0.0
     cpu_started, cpu_before = time.process_time(), state.cpu_seconds
-    stopped_early = False
+    stopped_early = validation_ended(args, state) is not None  # a resumed run that had ended at its checkpoint
     first_step = None
 
     def cpu_seconds() -> float:
@@ -362,6 +386,12 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
                 state.lr_scale *= args.lr_decay_factor
                 say(f"learning rate x{args.lr_decay_factor:g} (now x{state.lr_scale:g} the peak): no better validation "
                     f"ndcg@10 in {state.evaluations_without_improvement} evaluations")
+            plateaued = state.evaluations_without_improvement >= args.lr_decay_patience
+            if args.lr_scheduler == "wsd" and state.cooldown_start is None and plateaued:
+                state.cooldown_start = state.global_step
+                state.cooldown_steps = max(1, math.ceil(args.lr_cooldown_fraction * state.global_step))
+                say(f"cool-down: no better validation ndcg@10 in {state.evaluations_without_improvement} evaluations; "
+                    f"the learning rate falls to 0 over {state.cooldown_steps} steps, then the run ends")
 
     last_eval_step = -1
     while state.global_step < stop_at and not stopped_early:
@@ -434,9 +464,10 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
                 run_evaluation(model)
                 last_eval_step = state.global_step
                 interval_start = time.perf_counter()
-                if args.patience and state.evaluations_without_improvement >= args.patience:
-                    say(f"early stopping: no better validation ndcg@10 in {args.patience} evaluations")
-                    stopped_early = True
+            ended = validation_ended(args, state)
+            if ended is not None:
+                say(ended)
+                stopped_early = True
             periodic = args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0
             preempted = at_end and state.global_step < args.max_steps
             if periodic or preempted or (args.checkpointing_steps and (at_end or stopped_early)):

@@ -14,7 +14,7 @@ from fusionrec.errors import InputError, first_line
 
 PROGRAM = "train_accelerate.py"
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-SCHEDULERS = ("plateau", "cosine", "linear", "constant_with_warmup")
+SCHEDULERS = ("plateau", "wsd", "cosine", "linear", "constant_with_warmup")
 
 
 class UsageError(InputError):
@@ -130,18 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms)")
     optim.add_argument(
         "--warmup-steps", type=int, default=None,
-        help="linear warmup steps (default: 5%% of the run; plateau: one epoch)",
+        help="linear warmup steps (default: 5%% of the run; plateau and wsd: one epoch)",
     )  # fmt: skip
     optim.add_argument(
         "--lr-scheduler", choices=SCHEDULERS, default="cosine",
-        help="decay after warmup: plateau lowers the learning rate when validation stops improving, so validation, "
-        "not --max-epochs, sets the run's length; the others decay over --max-epochs / --max-steps",
+        help="decay after warmup: plateau lowers the learning rate when validation stops improving; wsd (warmup, "
+        "stable, decay) holds the peak until validation stops improving, then cools down to zero and ends the run; "
+        "for both, validation, not --max-epochs, sets the run's length; the others decay over --max-epochs / "
+        "--max-steps",
     )  # fmt: skip
     optim.add_argument(
         "--lr-decay-patience", type=int, default=2,
-        help="plateau: evaluations without a better validation NDCG@10 before each decay",
+        help="plateau: evaluations without a better validation NDCG@10 before each decay; wsd: before the cool-down",
     )  # fmt: skip
     optim.add_argument("--lr-decay-factor", type=float, default=0.5, help="plateau: learning-rate factor per decay")
+    optim.add_argument(
+        "--lr-cooldown-fraction", type=float, default=0.5,
+        help="wsd: the cool-down's length (a cosine to zero), as a fraction of the steps before it",
+    )  # fmt: skip
     optim.add_argument(
         "--weight-average-decay", type=float, default=0.99,
         help="validate and save an exponential moving average of the weights with this decay per step (0: the raw "
@@ -238,6 +244,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         raise UsageError(f"argument --weight-average-decay: must be in [0, 1) (e.g. 0.99), got {args.weight_average_decay:g}")
     if not 0 < args.lr_decay_factor <= 1:
         raise UsageError(f"argument --lr-decay-factor: must be in (0, 1] (e.g. 0.5), got {args.lr_decay_factor:g}")
+    if not 0 < args.lr_cooldown_fraction <= 10:
+        raise UsageError(f"argument --lr-cooldown-fraction: must be in (0, 10] (e.g. 0.5), got {args.lr_cooldown_fraction:g}")
+    if args.lr_scheduler == "wsd" and args.eval_steps == 0:
+        raise UsageError("--lr-scheduler wsd cools down when validation stops improving: it needs --eval-steps > 0")
     if args.ddp_timeout <= 0:
         raise UsageError(f"argument --ddp-timeout: must be > 0, got {args.ddp_timeout:g}")
     for name in ("eval_steps", "patience", "checkpointing_steps", "num_negatives", "logging_steps"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -481,6 +482,33 @@ def test_plateau_schedule_halves_the_rate_on_each_plateau_and_resumes_exactly(da
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
 
 
+def test_wsd_schedule_cools_down_after_the_first_plateau_ends_the_run_there_and_resumes_exactly(dataset, tmp_path):
+    """Warmup, the peak until validation first fails to improve at step s, then a half cosine to 0 over
+    ceil(2.5 s) steps, where the run ends though --max-steps is far off (validation, not the cap, sets its length)."""
+    common = ["--dataset", dataset, "--max-steps", 200, "--eval-steps", 1, "--patience", 0, "--logging-steps", 1, *TINY,
+              "--batch-size", 16, "--lr-scheduler", "wsd", "--warmup-steps", 2, "--lr-decay-patience", 1,
+              "--lr-cooldown-fraction", "2.5", "--learning-rate", "5e-3"]
+    assert run([*common, "--output-dir", tmp_path / "straight"]) == 0
+    result = summary(tmp_path / "straight")
+    rates = {entry["step"]: entry["train/learning_rate"] for entry in result["history"] if "train/learning_rate" in entry}
+    scores = [entry["ndcg@10"] for entry in result["history"] if "ndcg@10" in entry]
+    start = next(step for step, score in enumerate(scores, start=1) if score <= max(scores[: step - 1], default=-1.0))
+    length = math.ceil(2.5 * start)
+    assert result["global_step"] == start + length < 200 and result["stopped_early"]
+    for step, rate in rates.items():  # the evaluation at step s sets the rate of step s + 2's update
+        cooled = 1.0 if step <= start else 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / length)))
+        assert rate == pytest.approx(5e-3 * min(1.0, (step + 1) / 2) * cooled), (step, start, rates, scores)
+    assert rates[start + length] == pytest.approx(0.0, abs=1e-12)
+    assert sum(0 < rates[step] < 4e-3 for step in range(start + 1, start + length)) >= 2, "no cool-down to check"
+    interrupted = tmp_path / "interrupted"
+    assert run([*common, "--output-dir", interrupted, "--stop-at-step", start + 1]) == 0
+    assert run([*common, "--output-dir", interrupted, "--resume-from-checkpoint", "latest"]) == 0
+    assert summary(interrupted)["global_step"] == start + length
+    straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    resumed = load_file(interrupted / "final" / "model.safetensors")
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
 def test_the_weight_average_is_what_a_run_validates_and_saves_and_it_resumes_exactly(dataset, tmp_path, capsys):
     common = ["--dataset", dataset, "--max-steps", 8, "--eval-steps", 4, "--patience", 0, "--logging-steps", 4, *TINY,
               "--batch-size", 16, "--weight-average-decay", "0.9"]
@@ -507,6 +535,14 @@ def test_the_weight_average_is_what_a_run_validates_and_saves_and_it_resumes_exa
 def test_ddp_timeout_must_be_positive(tmp_path, capsys):
     assert run(["--dataset", tmp_path, "--output-dir", tmp_path / "out", "--ddp-timeout", "0"]) == 2
     assert "argument --ddp-timeout: must be > 0, got 0" in one_line_error(capsys)
+
+
+def test_wsd_needs_evaluations_and_a_positive_cooldown(tmp_path, capsys):
+    common = ["--dataset", tmp_path, "--output-dir", tmp_path / "out", "--lr-scheduler", "wsd"]
+    assert run([*common, "--eval-steps", "0"]) == 2
+    assert "--lr-scheduler wsd cools down when validation stops improving: it needs --eval-steps > 0" in one_line_error(capsys)
+    assert run([*common, "--lr-cooldown-fraction", "0"]) == 2
+    assert "argument --lr-cooldown-fraction: must be in (0, 10]" in one_line_error(capsys)
 
 
 def test_the_run_is_sized_from_the_data_unless_steps_are_given():
