@@ -465,6 +465,8 @@ def summary_lines(args, data: BenchData, records: list[dict], timing: dict | Non
         + ", ".join(f"{split} {rmse_constant(data, split):.4f}" for split in args.splits) + ")",
         text_cache_line(timing, built_now=built_now),
         "",
+        report.length_table(records, context),
+        "",
     ]
     if tail is not None:
         lines += [report.head_tail_table(records, tail), "", report.ties_table(records, tied), "",

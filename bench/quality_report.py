@@ -221,6 +221,20 @@ def popularity_table(records: list[dict], target_counts: np.ndarray, tied: np.nd
     return slice_table(records, title, [(name, ndcg_per_example, 10, ~tied & (quartile == q)) for q, name in enumerate(names)])
 
 
+def length_table(records: list[dict], context: Context) -> str:
+    """How each learned FusionModel run ended: by validation (early stopping, or the wsd cool-down), or at the cap
+    of --max-epochs / --max-steps, which should be a safety bound that validation reaches first."""
+    lines = [f"{'training length':<24} {'split':<14} ended by validation   steps, best step per seed"]
+    for split in context.splits:
+        for model in FUSION_VARIANTS:
+            found = [r for r in runs(records, model, split) if r.get("train")]
+            if found:
+                ended = sum(bool(r["train"].get("stopped_early")) for r in found)
+                steps = ", ".join(f"{r['train']['steps']} (best {r['train']['best_step']})" for r in found)
+                lines.append(f"{model:<24} {split:<14} {f'{ended} of {len(found)}':<21} {steps}")
+    return "\n".join(lines)
+
+
 # ----- targets -----
 
 

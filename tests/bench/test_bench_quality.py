@@ -253,6 +253,15 @@ def test_popularity_table_splits_the_untied_targets_into_quartiles_of_training_r
     assert [float(v) for v in ease[1::3]] == pytest.approx([1 / np.log2(3) / 2, 1.0, 1.0, 1.0], abs=1e-4)
 
 
+def test_length_table_says_which_runs_validation_ended_and_which_reached_the_cap():
+    records = [record("fusion_full", s, [0, -1]) for s in (0, 1)] + [record("ease", 0, [0, -1])]
+    records[0]["train"] = {"steps": 900, "best_step": 650, "stopped_early": True}
+    records[1]["train"] = {"steps": 1740, "best_step": 1740, "stopped_early": False}
+    lines = report.length_table(records, report.Context(splits=("leave_one_out",), tail=None)).splitlines()
+    assert len(lines) == 2 and lines[1].split()[:5] == ["fusion_full", "leave_one_out", "1", "of", "2"]
+    assert lines[1].endswith("900 (best 650), 1740 (best 1740)")
+
+
 def test_t3_is_without_post_release_data_and_labels_what_uses_it():
     cold = dict(split="cold_items")
     records = [record("fusion_full", 0, [0, 2, 5, -1], **cold), record("most_popular", 0, [-1, 9, -1, -1], **cold),
