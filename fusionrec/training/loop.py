@@ -180,11 +180,14 @@ def cooldown_factor(step: float, state: TrainerState) -> float:
 
 
 def validation_ended(args, state: TrainerState) -> str | None:
-    """Why validation has ended the run (early stopping, or the wsd cool-down complete), or None."""
+    """Why validation has ended the run, or None: early stopping, or once wsd's cool-down has begun (its gains come
+    late, as the rate nears zero), the cool-down complete."""
+    if state.cooldown_start is not None:
+        if state.global_step >= state.cooldown_start + state.cooldown_steps:
+            return f"the learning-rate cool-down is complete at step {state.global_step}"
+        return None
     if args.patience and state.evaluations_without_improvement >= args.patience:
         return f"early stopping: no better validation ndcg@10 in {args.patience} evaluations"
-    if state.cooldown_start is not None and state.global_step >= state.cooldown_start + state.cooldown_steps:
-        return f"the learning-rate cool-down is complete at step {state.global_step}"
     return None
 
 

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument(
         "--lr-scheduler", choices=SCHEDULERS, default="cosine",
         help="decay after warmup: plateau lowers the learning rate when validation stops improving; wsd (warmup, "
-        "stable, decay) holds the peak until validation stops improving, then cools down to zero and ends the run; "
+        "stable, decay) holds the peak until validation stops improving, then cools down to zero and ends the run "
+        "(--patience does not cut the cool-down short); "
         "for both, validation, not --max-epochs, sets the run's length; the others decay over --max-epochs / "
         "--max-steps",
     )  # fmt: skip

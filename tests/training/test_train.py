@@ -484,8 +484,9 @@ def test_plateau_schedule_halves_the_rate_on_each_plateau_and_resumes_exactly(da
 
 def test_wsd_schedule_cools_down_after_the_first_plateau_ends_the_run_there_and_resumes_exactly(dataset, tmp_path):
     """Warmup, the peak until validation first fails to improve at step s, then a half cosine to 0 over
-    ceil(2.5 s) steps, where the run ends though --max-steps is far off (validation, not the cap, sets its length)."""
-    common = ["--dataset", dataset, "--max-steps", 200, "--eval-steps", 1, "--patience", 0, "--logging-steps", 1, *TINY,
+    ceil(2.5 s) steps, where the run ends though --max-steps is far off (validation, not the cap, sets its length),
+    and --patience does not end it sooner."""
+    common = ["--dataset", dataset, "--max-steps", 200, "--eval-steps", 1, "--patience", 1, "--logging-steps", 1, *TINY,
               "--batch-size", 16, "--lr-scheduler", "wsd", "--warmup-steps", 2, "--lr-decay-patience", 1,
               "--lr-cooldown-fraction", "2.5", "--learning-rate", "5e-3"]
     assert run([*common, "--output-dir", tmp_path / "straight"]) == 0
