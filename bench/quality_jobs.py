@@ -195,7 +195,7 @@ INERT_UNLESS = {"lr_decay_patience": ("lr_scheduler", ("plateau", "wsd")), "lr_d
 # did before them (an option at None: the config's default, compared on its own)
 ADDED_SINCE = {
     "train_accelerate": {"compile": False, "logq_correction": None, "window_stride": None, "score_function": None,
-                         "weight_average_decay": 0.0},
+                         "weight_average_decay": 0.0, "full_determinism": False},
     "config": {"score_function": "cosine"},
 }
 

@@ -23,8 +23,8 @@ import shutil
 import sys
 import time
 import weakref
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 
@@ -535,10 +535,28 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
     return summary
 
 
+@contextmanager
+def full_determinism() -> Iterator[None]:
+    """PyTorch's deterministic kernels for the run, its settings put back after. Without them a run on more than
+    one CPU thread is not bitwise repeatable: the scatter-adds of the movie tower's backward sum in thread order,
+    and two runs of the same seed drift apart after a few dozen steps (the same run on one thread repeats)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to repeat itself on a GPU
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
+
+
 def main(argv: Sequence[str] | None = None, *, hub_api=None) -> int:
     try:
         args = parse_args(argv)
-        summary = train(args, hub_api=hub_api)
+        with full_determinism() if args.full_determinism else nullcontext():
+            summary = train(args, hub_api=hub_api)
     except InputError as error:
         print(f"{PROGRAM}: error: {one_line(error)}", file=sys.stderr)
         return 2

@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     optim.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager, aot_eager: to debug)")
     optim.add_argument("--seed", type=int, default=0, help="seed for init, data order, negatives and dropout")
+    optim.add_argument(
+        "--full-determinism", action="store_true",
+        help="bitwise-repeatable runs: PyTorch's deterministic kernels (on more than one CPU thread two runs of a "
+        "seed otherwise drift apart in the last bits; on a GPU it is slower)",
+    )  # fmt: skip
     optim.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is available")
     optim.add_argument(
         "--dataloader-num-workers", type=int, default=0,

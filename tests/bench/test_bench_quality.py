@@ -411,8 +411,9 @@ def test_a_record_made_before_a_result_neutral_default_changed_is_still_finished
     old = json.loads(json.dumps(config))
     old["defaults"]["config"]["custom_pipelines"] = {"movie-recommendation": {"impl": "elsewhere.Pipeline"}}
     old["defaults"]["train_accelerate"].pop("dataloader_num_workers", None)  # an option added since
-    for name in ("lr_decay_patience", "lr_decay_factor"):  # added since, and inert under the default scheduler
+    for name in ("lr_decay_patience", "lr_decay_factor", "lr_cooldown_fraction"):  # inert under the default scheduler
         old["defaults"]["train_accelerate"].pop(name)
+    assert old["defaults"]["train_accelerate"].pop("full_determinism") is False  # added since, off as before it
     assert old["defaults"]["train_accelerate"].pop("logq_correction") is None  # added since; None defers to the config
     assert old["defaults"]["train_accelerate"].pop("compile") is False  # added since, off as the code before it
     old["defaults"]["train_accelerate"].pop("compile_backend")  # acts only under --compile
@@ -423,9 +424,10 @@ def test_a_record_made_before_a_result_neutral_default_changed_is_still_finished
     jobs.write_record(tmp_path, {"model": "fusion_full", "split": "leave_one_out", "seed": 0, "job": old,
                                  "test_target_ranks": [0, 1]})
     assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0, config=config, num_test=2)
-    args.lr_scheduler = "plateau"  # where they act, a record without them is not the job's
-    plateau = jobs.fusion_config("fusion_full", "leave_one_out", 0, args)
-    assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0, config=plateau, num_test=2) is None
+    for scheduler in ("plateau", "wsd"):  # where they act, a record without them is not the job's
+        args.lr_scheduler = scheduler
+        acting = jobs.fusion_config("fusion_full", "leave_one_out", 0, args)
+        assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0, config=acting, num_test=2) is None
     assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0, config=config, num_test=2)
     args.lr_scheduler, args.logq_correction = None, 0.5  # given, it is not the record's job
     assert jobs.finished_records(tmp_path, ("fusion_full",), "leave_one_out", 0,

@@ -510,6 +510,22 @@ def test_wsd_schedule_cools_down_after_the_first_plateau_ends_the_run_there_and_
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
 
 
+def test_full_determinism_repeats_a_two_thread_run_bit_for_bit_and_puts_torch_back(dataset, tmp_path):
+    common = ["--dataset", dataset, "--max-steps", 12, "--eval-steps", 6, "--patience", 0, *TINY, "--batch-size", 16,
+              "--full-determinism"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for name in ("first", "second"):
+            assert run([*common, "--output-dir", tmp_path / name]) == 0
+            assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(threads)
+    first = load_file(tmp_path / "first" / "final" / "model.safetensors")
+    second = load_file(tmp_path / "second" / "final" / "model.safetensors")
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
 def test_the_weight_average_is_what_a_run_validates_and_saves_and_it_resumes_exactly(dataset, tmp_path, capsys):
     common = ["--dataset", dataset, "--max-steps", 8, "--eval-steps", 4, "--patience", 0, "--logging-steps", 4, *TINY,
               "--batch-size", 16, "--weight-average-decay", "0.9"]
