@@ -988,7 +988,9 @@ class FusionModel(FusionPreTrainedModel):
         if self.training and self.config.user_id_dropout > 0:
             keep = torch.rand(user_indices.shape, device=user_indices.device) >= self.config.user_id_dropout
             user_indices = user_indices * keep
-        history_vectors = movie_vectors[rows]
+        # A lookup, not movie_vectors[rows]: indexing's backward scatter-adds in thread order (not repeatable on
+        # more than one CPU thread); an embedding's backward sums in a fixed order.
+        history_vectors = F.embedding(rows, movie_vectors)
         states = self.user_tower.encode(
             movie_vectors=history_vectors[:, :-1],
             ratings=history_ratings[:, :-1],

@@ -537,9 +537,8 @@ def train(args: argparse.Namespace, *, hub_api=None) -> dict:
 
 @contextmanager
 def full_determinism() -> Iterator[None]:
-    """PyTorch's deterministic kernels for the run, its settings put back after. Without them a run on more than
-    one CPU thread is not bitwise repeatable: the scatter-adds of the movie tower's backward sum in thread order,
-    and two runs of the same seed drift apart after a few dozen steps (the same run on one thread repeats)."""
+    """PyTorch's deterministic kernels for the run, its settings put back after: on a GPU cuBLAS, attention's
+    backward and atomic adds do not repeat by default (the model's CPU step repeats on any number of threads)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to repeat itself on a GPU
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
               torch.backends.cudnn.benchmark)

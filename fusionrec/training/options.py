@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--seed", type=int, default=0, help="seed for init, data order, negatives and dropout")
     optim.add_argument(
         "--full-determinism", action="store_true",
-        help="bitwise-repeatable runs: PyTorch's deterministic kernels (on more than one CPU thread two runs of a "
-        "seed otherwise drift apart in the last bits; on a GPU it is slower)",
+        help="bit-for-bit repeatable runs on a GPU too: PyTorch's deterministic kernels (slower there; a CPU run "
+        "repeats without it)",
     )  # fmt: skip
     optim.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is available")
     optim.add_argument(

@@ -537,3 +537,30 @@ def test_gathered_candidates_give_each_process_the_gradient_of_the_summed_losses
         assert torch.equal(result["indices"], all_indices) and torch.equal(result["vectors"], all_vectors.detach())
         torch.testing.assert_close(result["vectors_grad"], case["vectors"].grad, rtol=0, atol=1e-6)
         torch.testing.assert_close(result["users_grad"], case["users"].grad, rtol=0, atol=1e-6)
+
+
+def test_gradients_repeat_bit_for_bit_on_two_threads():
+    """A seed's run repeats on any number of CPU threads: no backward in the step may sum in thread order (indexing's
+    scatter-add did; seen within a few repeats of this batch on two threads)."""
+    torch.manual_seed(0)
+    config = tiny_config(hidden_size=64, num_movies=2000, max_history_length=100)
+    model = FusionModel(config).train()
+    batch = history_batch(config, batch=64, length=100, seed=0)
+
+    def gradients() -> dict[str, torch.Tensor]:
+        torch.manual_seed(1)  # the same dropout masks
+        model.zero_grad()
+        model(batch["history_movie_indices"], batch["history_ratings"], batch["history_timestamps"],
+              batch["history_mask"], movie_inputs=batch["movie_inputs"], target_mask=batch["history_mask"],
+              user_indices=batch["user_indices"]).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = gradients()
+        for _ in range(10):
+            again = gradients()
+            assert [name for name in first if not torch.equal(first[name], again[name])] == []
+    finally:
+        torch.set_num_threads(threads)
