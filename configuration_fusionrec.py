@@ -93,10 +93,11 @@ class FusionRecConfig(PretrainedConfig):
             they are not (and the movie tower ends without its LayerNorm), so a movie's vector length can carry how
             likely it is overall, as in SASRec's dot-product scores.
         learn_temperature (`bool`): Learn the temperature (starting at `retrieval_temperature`) instead of keeping it fixed.
-        logq_correction (`float`): Weight in [0, 1] of the log sampling probability subtracted from each candidate's
+        logq_correction (`float`): Weight in [0, 2] of the log sampling probability subtracted from each candidate's
             logit in training (Yi et al. 2019): 1 (or true) corrects fully, so the scores estimate the full softmax
             and keep the movies' popularity; 0 (or false) not at all, so movies drawn often as negatives (the popular
-            ones) are pushed down; in between, partly.
+            ones) are pushed down; in between, partly; above 1, rarely drawn movies are pushed down instead: a
+            popularity prior beyond the full softmax's.
         rating_loss_weight (`float`): Weight of the rating-regression loss in the total loss; 0 disables the head's
             loss (the head is still built and predicts).
         initializer_range (`float`): Standard deviation of the normal initialiser for embeddings and linear layers.
@@ -286,8 +287,8 @@ class FusionRecConfig(PretrainedConfig):
                 raise ValueError(f"FusionRecConfig.{name} must be in [0, 1), got {getattr(self, name)!r}.")
         if self.score_function not in SCORE_FUNCTIONS:
             raise ValueError(f"FusionRecConfig.score_function must be one of {SCORE_FUNCTIONS}, got {self.score_function!r}.")
-        if not 0.0 <= self.logq_correction <= 1.0:
-            raise ValueError(f"FusionRecConfig.logq_correction must be in [0, 1], got {self.logq_correction!r}.")
+        if not 0.0 <= self.logq_correction <= 2.0:
+            raise ValueError(f"FusionRecConfig.logq_correction must be in [0, 2], got {self.logq_correction!r}.")
         if not (self.use_id_embedding or self.use_content_features or self.use_text):
             raise ValueError("FusionRecConfig needs at least one of use_id_embedding, use_content_features, use_text.")
         if not self.rating_min < self.rating_max:

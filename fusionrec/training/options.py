@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--logq-correction", type=float, default=None,
-        help="weight in [0, 1] of the logQ correction of the sampled softmax (config: 1, full; 0: none)",
+        help="weight in [0, 2] of the logQ correction of the sampled softmax (config: 1, full; 0: none; above 1: "
+        "a popularity prior)",
     )  # fmt: skip
     model.add_argument(
         "--score-function", choices=("cosine", "dot"), default=None,

@@ -340,7 +340,7 @@ def test_bad_batches_raise_value_error_naming_the_field(mutate, field):
         ({"multi_valued_max_lengths": {"genres": 4}}, "name the same features"),
         ({"dropout": 1.5}, "dropout must be in"),
         ({"post_release_dropout": 1.0}, "post_release_dropout must be in"),
-        ({"logq_correction": 1.5}, r"logq_correction must be in \[0, 1\]"),
+        ({"logq_correction": 2.5}, r"logq_correction must be in \[0, 2\]"),
         ({"logq_correction": "yes"}, "logq_correction must be a number"),
         ({"score_function": "euclidean"}, r"score_function must be one of \('cosine', 'dot'\)"),
         ({"post_release_feature_names": ["popularity"]}, r"\['popularity'\] are not numeric features"),
