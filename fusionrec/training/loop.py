@@ -200,19 +200,14 @@ def build_scheduler(optimizer, args, state: TrainerState, *, steps_per_epoch: in
     (split_batches=False), so step counts are scaled by the number of processes."""
     from transformers import get_scheduler
 
-    if args.warmup_steps is not None:
-        warmup = args.warmup_steps
-    elif args.lr_scheduler in ("plateau", "wsd"):
-        warmup = max(1, steps_per_epoch)
-    else:
-        warmup = math.ceil(0.05 * args.max_steps)
     if args.lr_scheduler in ("plateau", "wsd"):
-        ramp = warmup * num_processes
+        ramp = (args.warmup_steps if args.warmup_steps is not None else max(1, steps_per_epoch)) * num_processes
 
         def factor(step: int) -> float:
             return min(1.0, (step + 1) / ramp) * state.lr_scale * cooldown_factor(step / num_processes, state)
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    warmup = args.warmup_steps if args.warmup_steps is not None else math.ceil(0.05 * args.max_steps)
     return get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup * num_processes,
                          num_training_steps=args.max_steps * num_processes)
 
