@@ -53,6 +53,7 @@ from fusionrec.training.options import PROGRAM, UsageError, build_config, parse_
 from fusionrec.training.weight_average import WeightAverage
 
 MIN_EVAL_INTERVAL = 50  # optimizer steps between default validations
+PATIENCE_SHARE = 4  # a run of tiny epochs validates often enough that --patience spans at most 1/4 of it
 
 
 def evaluate(accelerator, model, catalog, examples, *, k_values=(10, 20)) -> dict[str, float]:
@@ -162,13 +163,18 @@ def fitted_batch_size(batch_size: int, num_windows: int, num_processes: int, say
 
 def run_length(args, *, batches_per_epoch: int) -> tuple[int, int]:
     """(max_steps, eval_steps): --max-steps, else --max-epochs passes over this process's batches, and one validation
-    per epoch (at least MIN_EVAL_INTERVAL steps apart: a tiny epoch would spend the run ranking, and --patience would
-    read noise) unless --eval-steps says otherwise. Sized from the data, the same command suits a 300-user demo and
-    the 270,000-user Kaggle set."""
+    per epoch unless --eval-steps says otherwise. Epochs shorter than MIN_EVAL_INTERVAL steps validate that far apart
+    (a tiny epoch would spend the run ranking, and --patience would read noise), but never so far apart that
+    --patience validations outlast a quarter of the run: early stopping, not the cap, ends it. Sized from the data,
+    the same command suits a 300-user demo and the 270,000-user Kaggle set."""
     steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
     max_steps = args.max_steps if args.max_steps is not None else args.max_epochs * steps_per_epoch
-    eval_steps = args.eval_steps if args.eval_steps is not None else max(steps_per_epoch, MIN_EVAL_INTERVAL)
-    return max_steps, eval_steps
+    if args.eval_steps is not None:
+        return max_steps, args.eval_steps
+    if steps_per_epoch >= MIN_EVAL_INTERVAL or not args.patience:
+        return max_steps, max(steps_per_epoch, MIN_EVAL_INTERVAL)
+    patience_fits = max_steps // (PATIENCE_SHARE * args.patience)
+    return max_steps, min(MIN_EVAL_INTERVAL, max(steps_per_epoch, patience_fits))
 
 
 def cooldown_factor(step: float, state: TrainerState) -> float:

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     loop = parser.add_argument_group("evaluation, checkpoints, logging")
     loop.add_argument(
         "--eval-steps", type=int, default=None,
-        help="evaluate on validation every N steps (default: once per epoch, at least 50 steps apart; 0: only at the end)",
+        help="evaluate on validation every N steps (default: once per epoch, at least 50 steps apart unless --patience "
+        "validations would then outlast a quarter of the run; 0: only at the end)",
     )  # fmt: skip
     loop.add_argument("--patience", type=int, default=5, help="stop after N evaluations without a better NDCG@10 (0: off)")
     loop.add_argument(

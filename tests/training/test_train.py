@@ -565,11 +565,17 @@ def test_wsd_needs_evaluations_and_a_positive_cooldown(tmp_path, capsys):
 def test_the_run_is_sized_from_the_data_unless_steps_are_given():
     from fusionrec.training.loop import MIN_EVAL_INTERVAL, run_length
 
-    def sized(*argv, batches):
-        return run_length(parse_args(["--dataset", "d", "--output-dir", "o", *argv]), batches_per_epoch=batches)
+    def sized(*argv, batches, patience=5):
+        argv = ["--dataset", "d", "--output-dir", "o", "--patience", str(patience), *argv]
+        return run_length(parse_args(argv), batches_per_epoch=batches)
 
     assert sized(batches=35) == (60 * 35, MIN_EVAL_INTERVAL)  # a small epoch: validation at least 50 steps apart
+    # Tiny epochs (the quickstart's 6 steps): 50 steps apart, 5 validations of patience would outlast the 360-step
+    # cosine, and the cap would end the run; validations come often enough for patience to span a quarter of it.
+    assert sized(batches=6) == (360, 360 // (4 * 5))
+    assert sized(batches=6, patience=0) == (360, MIN_EVAL_INTERVAL)  # no early stopping: nothing to fit
+    assert sized("--max-epochs", "1000", batches=6) == (6000, MIN_EVAL_INTERVAL)  # a long run keeps the floor
     assert sized(batches=20_333) == (60 * 20_333, 20_333)  # a large one: once per epoch
     assert sized("--max-epochs", "2", "--gradient-accumulation-steps", "4", batches=400) == (200, 100)
     assert sized("--max-steps", "7", "--eval-steps", "0", batches=35) == (7, 0)
-    assert sized("--gradient-accumulation-steps", "4", batches=3) == (60, MIN_EVAL_INTERVAL)  # under one step: one
+    assert sized("--gradient-accumulation-steps", "4", batches=3) == (60, 3)  # under one step per epoch: one
