@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--learning-rate", type=float, default=1e-2, help="peak AdamW learning rate")
     optim.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (not on biases/norms)")
     optim.add_argument(
+        "--embedding-lr-scale", type=float, default=1.0,
+        help="learning-rate factor of the movie, user and feature-value tables: a row updated once in a while moves "
+        "~30x the rate under Adam's moments",
+    )  # fmt: skip
+    optim.add_argument(
         "--warmup-steps", type=int, default=None,
         help="linear warmup steps (default: 5%% of the run; plateau and wsd: one epoch)",
     )  # fmt: skip
