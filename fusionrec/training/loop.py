@@ -94,8 +94,8 @@ SPARSE_TABLES = ("id_embedding", "user_embedding", "categorical_embeddings", "ba
 def build_optimizer(model, args):
     """AdamW, no weight decay on biases and norms. The tables of movies, users and feature values (SPARSE_TABLES)
     learn at `--embedding-lr-scale` times the rate: once Adam's bias correction has faded, a row that gets a
-    gradient once in a while moves ~(1 - beta1) / sqrt(1 - beta2) / (1 - beta1) = ~30 times the rate per coordinate
-    on that one event (its moments carry the step on), so a movie rated once would jump by that much."""
+    gradient once in a while moves ~lr / sqrt(1 - beta2) = ~30 lr per coordinate on that one event (the first
+    moment carries the step on, the second has little of the row's history to divide by)."""
     decay, no_decay, tables = [], [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
