@@ -97,11 +97,12 @@ def build_optimizer(model, args):
     gradient once in a while moves ~lr / sqrt(1 - beta2) = ~30 lr per coordinate on that one event (the first
     moment carries the step on, the second has little of the row's history to divide by)."""
     decay, no_decay, tables = [], [], []
+    scaled = args.embedding_lr_scale != 1.0  # at 1, the two groups of before: their checkpoints still resume
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         is_plain = parameter.dim() < 2 or "norm" in name or name.endswith(".bias") or "latents" in name
-        is_table = any(f".{table}" in f".{name}" for table in SPARSE_TABLES) and not is_plain
+        is_table = scaled and any(f".{table}" in f".{name}" for table in SPARSE_TABLES)
         (tables if is_table else no_decay if is_plain else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if tables:

@@ -609,6 +609,8 @@ def test_the_sparse_tables_learn_at_their_own_rate_so_a_rarely_seen_row_moves_le
                                                                       "--embedding-lr-scale", "0.1"])).param_groups
     table_group = next(g for g in groups if any(p.shape == (40, 32) for p in g["params"]))  # the movie-id table
     assert table_group["lr"] == pytest.approx(1e-3) and {g["lr"] for g in groups} == {1e-2, 1e-3}
+    unscaled = build_optimizer(FusionModel(tiny_config()), parse_args(["--dataset", "d", "--output-dir", "o"]))
+    assert len(unscaled.param_groups) == 2  # the default keeps the groups of before, so their checkpoints resume
     full, scaled = isolated_row_drift(1.0), isolated_row_drift(0.1)
     assert full > 20 * 1e-2  # one event moved every coordinate of the row by >20 x the learning rate
     assert scaled == pytest.approx(full / 10, rel=0.2)
