@@ -253,6 +253,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             raise UsageError(f"argument --{name.replace('_', '-')}: must be > 0, got {getattr(args, name)}")
     if not math.isfinite(args.learning_rate) or args.learning_rate < 0:  # 0 is allowed: a run that moves no weight
         raise UsageError(f"argument --learning-rate: must be a number >= 0 (e.g. 1e-2), got {args.learning_rate:g}")
+    if not math.isfinite(args.embedding_lr_scale) or args.embedding_lr_scale < 0:  # 0: the tables stay as initialised
+        raise UsageError(f"argument --embedding-lr-scale: must be a number >= 0 (e.g. 0.1), got {args.embedding_lr_scale:g}")
     if not 0 <= args.weight_average_decay < 1:
         raise UsageError(f"argument --weight-average-decay: must be in [0, 1) (e.g. 0.99), got {args.weight_average_decay:g}")
     if not 0 < args.lr_decay_factor <= 1:

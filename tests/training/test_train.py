@@ -334,10 +334,11 @@ def test_dataset_without_feature_spec_is_one_line(tmp_path, capsys):
     assert "feature_spec.json: not found" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize("option", ["--learning-rate", "--embedding-lr-scale"])
 @pytest.mark.parametrize("rate", ["-1", "nan", "inf"])
-def test_a_negative_or_non_finite_learning_rate_is_one_line(dataset, tmp_path, capsys, rate):
-    assert run(["--dataset", dataset, "--output-dir", tmp_path / "out", "--no-text", "--learning-rate", rate]) == 2
-    assert "argument --learning-rate: must be a number >= 0" in one_line_error(capsys)
+def test_a_negative_or_non_finite_learning_rate_is_one_line(dataset, tmp_path, capsys, rate, option):
+    assert run(["--dataset", dataset, "--output-dir", tmp_path / "out", "--no-text", option, rate]) == 2
+    assert f"argument {option}: must be a number >= 0" in one_line_error(capsys)
     assert not (tmp_path / "out").exists()
 
 
