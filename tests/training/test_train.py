@@ -588,29 +588,30 @@ def test_the_sparse_tables_learn_at_their_own_rate_so_a_rarely_seen_row_moves_le
     from fusionrec.training.loop import build_optimizer
     from modeling_fusionrec import FusionModel
 
+    def optimizer(model, *flags):
+        return build_optimizer(model, parse_args(["--dataset", "d", "--output-dir", "o", *flags]))
+
     def isolated_row_drift(scale: float) -> float:
         """How far movie 3's id row travels after one gradient at step 1,500 of a run whose other rows get one every
         step: Adam's moments carry that single step on for tens of steps."""
         torch.manual_seed(0)
         model = FusionModel(tiny_config())
-        args = parse_args(["--dataset", "d", "--output-dir", "o", "--embedding-lr-scale", str(scale)])
-        optimizer = build_optimizer(model, args)
+        adam = optimizer(model, "--embedding-lr-scale", str(scale))
         table = model.movie_tower.id_embedding.weight
         before = None
         for step in range(1_700):
-            optimizer.zero_grad()
+            adam.zero_grad()
             rows = torch.tensor([1, 2, 3] if step == 1_500 else [1, 2])
             table[rows].sum().backward()  # any loss that touches those rows
             if step == 1_500:
                 before = table[3].detach().clone()
-            optimizer.step()
+            adam.step()
         return float((table[3].detach() - before).abs().mean())
 
-    groups = build_optimizer(FusionModel(tiny_config()), parse_args(["--dataset", "d", "--output-dir", "o",
-                                                                      "--embedding-lr-scale", "0.1"])).param_groups
+    groups = optimizer(FusionModel(tiny_config()), "--embedding-lr-scale", "0.1").param_groups
     table_group = next(g for g in groups if any(p.shape == (40, 32) for p in g["params"]))  # the movie-id table
     assert table_group["lr"] == pytest.approx(1e-3) and {g["lr"] for g in groups} == {1e-2, 1e-3}
-    unscaled = build_optimizer(FusionModel(tiny_config()), parse_args(["--dataset", "d", "--output-dir", "o"]))
+    unscaled = optimizer(FusionModel(tiny_config()))
     assert len(unscaled.param_groups) == 2  # the default keeps the groups of before, so their checkpoints resume
     full, scaled = isolated_row_drift(1.0), isolated_row_drift(0.1)
     assert full > 20 * 1e-2  # one event moved every coordinate of the row by >20 x the learning rate
