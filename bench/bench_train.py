@@ -32,7 +32,7 @@ from fusionrec.data.collator import TrainingCollator, movie_frequency  # noqa: E
 from fusionrec.data.loading import load_feature_spec, load_tables  # noqa: E402
 from fusionrec.data.sequences import read_sequences, train_sequence, training_windows  # noqa: E402
 from fusionrec.io import atomic_write_text  # noqa: E402
-from fusionrec.training.loop import build_optimizer  # noqa: E402
+from fusionrec.training.optimizer import build_optimizer  # noqa: E402
 from fusionrec.training.options import build_config, parse_args  # noqa: E402
 from modeling_fusionrec import FusionModel  # noqa: E402
 

@@ -43,7 +43,7 @@ from accelerate import Accelerator
 from fusionrec.data.collator import TrainingCollator
 from fusionrec.data.loading import load_feature_spec
 from fusionrec.training.batches import load_training_data
-from fusionrec.training.loop import build_optimizer
+from fusionrec.training.optimizer import build_optimizer
 from fusionrec.training.options import build_config, parse_args
 from modeling_fusionrec import FusionModel
 

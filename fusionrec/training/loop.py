@@ -49,6 +49,7 @@ from fusionrec.training.checkpoints import (
     save_checkpoint,
     save_model,
 )
+from fusionrec.training.optimizer import build_optimizer
 from fusionrec.training.options import PROGRAM, UsageError, build_config, parse_args
 from fusionrec.training.weight_average import WeightAverage
 
@@ -85,32 +86,7 @@ def evaluate(accelerator, model, catalog, examples, *, k_values=(10, 20)) -> dic
         unwrapped.train(was_training)
 
 
-# ----- optimisation -----
-
-
-SPARSE_TABLES = ("id_embedding", "user_embedding", "categorical_embeddings", "bag_embeddings")
-
-
-def build_optimizer(model, args):
-    """AdamW, no weight decay on biases and norms. The tables of movies, users and feature values (SPARSE_TABLES)
-    learn at `--embedding-lr-scale` times the rate: once Adam's bias correction has faded, a row that gets a
-    gradient once in a while moves ~lr / sqrt(1 - beta2) = ~30 lr per coordinate on that one event (the first
-    moment carries the step on, the second has little of the row's history to divide by)."""
-    decay, no_decay, tables = [], [], []
-    scaled = args.embedding_lr_scale != 1.0  # at 1, the two groups of before: their checkpoints still resume
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        is_plain = parameter.dim() < 2 or "norm" in name or name.endswith(".bias") or "latents" in name
-        is_table = scaled and any(f".{table}" in f".{name}" for table in SPARSE_TABLES)
-        (tables if is_table else no_decay if is_plain else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if tables:
-        groups.append({"params": tables, "weight_decay": args.weight_decay,
-                       "lr": args.learning_rate * args.embedding_lr_scale})
-    # fused: one kernel per parameter instead of a chain of element-wise ops, the same update; the user and movie id
-    # tables are dense, so at the full Kaggle size (17M+ parameters) the for-loop AdamW took ~20% of a CPU step
-    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=True)
+# ----- logging -----
 
 
 def scalar_hparams(args) -> dict:

@@ -115,10 +115,12 @@ def test_tiny_run_lowers_loss_and_final_reloads_with_auto_model(dataset, tmp_pat
     assert (output / "best" / "model.safetensors").is_file() and state["best_step"] in (12, 24)
 
 
-def test_resume_mid_epoch_is_bitwise_identical_to_an_uninterrupted_run(dataset, tmp_path):
+@pytest.mark.parametrize("table_updates", ["dense", "lazy"])
+def test_resume_mid_epoch_is_bitwise_identical_to_an_uninterrupted_run(dataset, tmp_path, table_updates):
     # 16-window batches: a few batches per epoch, so step 4 is mid-epoch and step 8 is in a later epoch; dropout is
     # on (default 0.1) so the restored RNG state matters too.
-    common = ["--dataset", dataset, "--max-steps", 8, "--eval-steps", 0, "--logging-steps", 4, *TINY, "--batch-size", 16]
+    common = ["--dataset", dataset, "--max-steps", 8, "--eval-steps", 0, "--logging-steps", 4, *TINY, "--batch-size", 16,
+              "--table-updates", table_updates]
     assert run([*common, "--output-dir", tmp_path / "straight"]) == 0
     interrupted = tmp_path / "interrupted"
     assert run([*common, "--output-dir", interrupted, "--stop-at-step", 4]) == 0
@@ -164,6 +166,20 @@ def test_a_checkpoint_is_safetensors_and_json_and_an_old_pickled_one_is_not_read
     error = one_line_error(capsys)
     assert f"--resume-from-checkpoint {old}: an accelerate save_state checkpoint, the old pickle-based format" in error
     assert "start again in a new --output-dir, or resume it with the fusionrec version that wrote it" in error
+
+
+def test_a_checkpoint_started_with_another_embedding_lr_scale_says_which_to_resume_with(dataset, tmp_path, capsys):
+    """Its optimizer has another number of groups: one line that names the option, not "damaged"; with the value it
+    was started with, it resumes."""
+    common = ["--dataset", dataset, "--output-dir", tmp_path / "run", "--max-steps", 4, "--eval-steps", 0, "--no-text", *TINY]
+    assert run([*common, "--embedding-lr-scale", 1, "--stop-at-step", 2]) == 0
+    capsys.readouterr()
+    assert run([*common, "--resume-from-checkpoint", "latest"]) == 2
+    error = one_line_error(capsys)
+    assert "its optimizer has 2 parameter groups and this run's 3" in error
+    assert "resume with the value it was started with" in error
+    assert run([*common, "--embedding-lr-scale", 1, "--resume-from-checkpoint", "latest"]) == 0
+    assert summary(tmp_path / "run")["global_step"] == 4 and summary(tmp_path / "run")["finished"]
 
 
 def test_compile_captures_the_towers_whole_and_trains_to_the_same_weights(dataset, tmp_path):
@@ -582,21 +598,21 @@ def test_the_run_is_sized_from_the_data_unless_steps_are_given():
     assert sized("--gradient-accumulation-steps", "4", batches=3) == (60, 3)  # under one step per epoch: one
 
 
-def test_the_sparse_tables_learn_at_their_own_rate_so_a_rarely_seen_row_moves_less():
+def test_the_sparse_tables_learn_at_their_own_rate_or_lazily_so_a_rarely_seen_row_moves_less():
     from tiny import tiny_config
 
-    from fusionrec.training.loop import build_optimizer
+    from fusionrec.training.optimizer import build_optimizer
     from modeling_fusionrec import FusionModel
 
     def optimizer(model, *flags):
         return build_optimizer(model, parse_args(["--dataset", "d", "--output-dir", "o", *flags]))
 
-    def isolated_row_drift(scale: float) -> float:
-        """How far movie 3's id row travels after one gradient at step 1,500 of a run whose other rows get one every
-        step: Adam's moments carry that single step on for tens of steps."""
+    def trajectory(*flags: str) -> tuple[torch.Tensor, float]:
+        """Rows 1 and 2 of the movie-id table get a gradient at every step, row 3 once, at step 1,500: how far row
+        3 travels after that one gradient (Adam's moments carry it on for tens of steps), and the final rows 1-2."""
         torch.manual_seed(0)
         model = FusionModel(tiny_config())
-        adam = optimizer(model, "--embedding-lr-scale", str(scale))
+        adam = optimizer(model, *flags)
         table = model.movie_tower.id_embedding.weight
         before = None
         for step in range(1_700):
@@ -606,13 +622,48 @@ def test_the_sparse_tables_learn_at_their_own_rate_so_a_rarely_seen_row_moves_le
             if step == 1_500:
                 before = table[3].detach().clone()
             adam.step()
-        return float((table[3].detach() - before).abs().mean())
+        return table[1:3].detach().clone(), float((table[3].detach() - before).abs().mean())
 
     groups = optimizer(FusionModel(tiny_config()), "--embedding-lr-scale", "0.1").param_groups
     table_group = next(g for g in groups if any(p.shape == (40, 32) for p in g["params"]))  # the movie-id table
     assert table_group["lr"] == pytest.approx(1e-3) and {g["lr"] for g in groups} == {1e-2, 1e-3}
-    unscaled = optimizer(FusionModel(tiny_config()))
-    assert len(unscaled.param_groups) == 2  # the default keeps the groups of before, so their checkpoints resume
-    full, scaled = isolated_row_drift(1.0), isolated_row_drift(0.1)
+    default = optimizer(FusionModel(tiny_config())).param_groups
+    assert sorted(g["lr"] for g in default) == pytest.approx([3e-3, 1e-2, 1e-2])
+    unscaled = optimizer(FusionModel(tiny_config()), "--embedding-lr-scale", "1")
+    assert len(unscaled.param_groups) == 2  # the groups of before the option, so their checkpoints resume
+    (frequent, full), (_, scaled) = trajectory("--embedding-lr-scale", "1"), trajectory("--embedding-lr-scale", "0.1")
     assert full > 20 * 1e-2  # one event moved every coordinate of the row by >20 x the learning rate
+    lazy_frequent, lazy = trajectory("--embedding-lr-scale", "1", "--table-updates", "lazy")
+    # lazily: the one step, lr x 0.1 / sqrt(0.001 / (1 - 0.999^1501)) = 2.79 lr, and the rows seen every step as before
+    assert lazy == pytest.approx(2.79e-2, rel=0.05)
+    torch.testing.assert_close(lazy_frequent, frequent, rtol=1e-5, atol=1e-6)
     assert scaled == pytest.approx(full / 10, rel=0.2)
+
+
+def test_lazy_table_rows_under_fp16_loss_scaling_take_the_unscaled_step_and_skip_an_overflow():
+    from tiny import tiny_config
+
+    from fusionrec.training.optimizer import build_optimizer
+    from modeling_fusionrec import FusionModel
+
+    def stepped(*, scale: float | None, loss_factor: float = 1.0) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = FusionModel(tiny_config())
+        adam = build_optimizer(model, parse_args(["--dataset", "d", "--output-dir", "o", "--table-updates", "lazy"]))
+        table = model.movie_tower.id_embedding.weight
+        loss = (table[torch.tensor([1, 3])] * torch.arange(32.0)).sum() * loss_factor
+        if scale is None:
+            loss.backward()
+            adam.step()
+        else:
+            scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+            scaler.scale(loss).backward()
+            scaler.step(adam)
+        return table.detach().clone()
+
+    torch.manual_seed(0)
+    initial = FusionModel(tiny_config()).movie_tower.id_embedding.weight.detach()
+    plain = stepped(scale=None)
+    assert not torch.equal(plain[1], initial[1]) and torch.equal(plain[2], initial[2])  # only the rows with a gradient
+    torch.testing.assert_close(stepped(scale=1024.0), plain)
+    assert torch.equal(stepped(scale=1024.0, loss_factor=float("inf")), initial)  # an overflowing step is skipped
