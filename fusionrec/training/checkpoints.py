@@ -129,7 +129,8 @@ def read_state(folder: Path, accelerator, model, optimizer, scheduler, state: Tr
         raise UsageError(
             f"--resume-from-checkpoint {folder}: its optimizer has {len(rest['param_groups'])} parameter groups and "
             f"this run's {len(optimizer.param_groups)}, so it was started with another --embedding-lr-scale (2 groups: "
-            "1, the default before 0.3; 3: any other value); resume with the value it was started with"
+            "1 with --table-updates dense, the default before 0.3; 3: any other); resume with the value it was started "
+            "with"
         )
     tensors = load_file(folder / "optimizer.safetensors")
     optimizer.load_state_dict(optimizer_state(tensors, rest, like=optimizer.param_groups))
