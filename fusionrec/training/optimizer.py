@@ -42,7 +42,7 @@ class TableAdamW(torch.optim.AdamW):
             state["exp_avg"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
         state["step"] += 1
-        rows = parameter.grad.ne(0).any(dim=1).nonzero().squeeze(1)
+        rows = touched_rows(parameter.grad)
         if rows.numel() == 0:
             return
         (beta1, beta2), step = group["betas"], float(state["step"])
@@ -53,6 +53,15 @@ class TableAdamW(torch.optim.AdamW):
         denominator = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(group["eps"])
         weights = parameter[rows].mul_(1 - group["lr"] * group["weight_decay"])
         parameter[rows] = weights.addcdiv_(exp_avg, denominator, value=-group["lr"] / (1 - beta1**step))
+
+
+def touched_rows(gradient: torch.Tensor) -> torch.Tensor:
+    """The rows of a table's gradient that are not all zero. One matrix-vector product against a fixed random probe
+    (4 ms for 270,000 x 64 on one core, where a comparison and a row-wise any take ~35): a row with a gradient sums
+    to exactly 0 against random weights only by a coincidence of the last bit, where a probe of ones would meet the
+    mean-free gradients that a LayerNorm sends back."""
+    probe = torch.randn(gradient.shape[1], generator=torch.Generator().manual_seed(0), dtype=gradient.dtype)
+    return torch.mv(gradient, probe.to(gradient.device)).ne(0).nonzero().squeeze(1)
 
 
 def build_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:

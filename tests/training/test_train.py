@@ -640,6 +640,17 @@ def test_the_sparse_tables_learn_at_their_own_rate_or_lazily_so_a_rarely_seen_ro
     assert scaled == pytest.approx(full / 10, rel=0.2)
 
 
+def test_touched_rows_finds_every_row_with_a_gradient_even_a_mean_free_one():
+    from fusionrec.training.optimizer import touched_rows
+
+    gradient = torch.zeros(50, 8)
+    gradient[3] = torch.tensor([1.0, -1.0, 0, 0, 0, 0, 0, 0])  # what a LayerNorm sends back sums to zero
+    gradient[7, 5] = 1e-30
+    gradient[41] = torch.randn(8)
+    gradient[42] = gradient[41] - gradient[41].mean()
+    assert touched_rows(gradient).tolist() == [3, 7, 41, 42]
+
+
 def test_lazy_table_rows_under_fp16_loss_scaling_take_the_unscaled_step_and_skip_an_overflow():
     from tiny import tiny_config
 
