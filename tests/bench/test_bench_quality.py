@@ -501,3 +501,16 @@ def test_the_text_cache_line_tells_a_build_timed_now_from_one_read_back_from_the
                                                                           "threads) in this invocation")
     assert "by an earlier invocation" in bench_quality.text_cache_line(timing, built_now=False)
     assert "warm, loaded" in bench_quality.text_cache_line({**timing, "texts_encoded": 0}, built_now=False)
+
+
+def test_the_franchise_probe_marks_the_last_movies_collection_and_its_bonus_lifts_only_those():
+    import probe_franchise as probe
+
+    collections = np.array([0, 2, 2, 1, 1, 3, 0])  # 0: no collection, 1: the rare ones pooled: neither is a match
+    same = probe.same_collection_as_last(collections, np.array([1, 3, 6]))
+    assert same.tolist() == [[False, True, True, False, False, False, False], [False] * 7, [False] * 7]
+    examples = type("Examples", (), {"targets": np.array([2]), "__len__": lambda self: 1,
+                                     "exclusions": lambda self, rows: [np.array([1])]})()  # fmt: skip
+    scores = np.array([[0.9, 0.8, 0.1, 0.5, 0.4, 0.3, 0.2]])
+    assert probe.ranks_with_bonus(scores, same[:1], 0.0, examples).tolist() == [5]
+    assert probe.ranks_with_bonus(scores, same[:1], 1.0, examples).tolist() == [0]  # movie 1 was rated: excluded
