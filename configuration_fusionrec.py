@@ -70,6 +70,12 @@ class FusionRecConfig(PretrainedConfig):
             in training (`FusionModel.set_movie_counts`), so a head movie leans on its id and a rare or new one on
             its content: the better of the two per movie, not their average.
         user_id_dropout (`float`): Probability of replacing the user id with the unknown user in training.
+        match_features (`list[str]`): Categorical features whose value the user's last movie shares with a candidate
+            (e.g. `["collection"]`: the next film of a franchise), scored directly: both vectors get a match channel
+            of `match_dim` more numbers, the movie's from its own values and the user's from its last movie's, so
+            that a shared value adds a learned bonus to the dot product. A pooled user vector against a fused movie
+            vector has no such term; SASRec's shared input/output embeddings do. Empty: no channel.
+        match_dim (`int`): Width of each match-channel vector.
         text_encoder_name_or_path (`str`): Frozen text encoder (any `AutoModel` text encoder; T5 by default).
         text_encoder_revision (`str`, *optional*): Revision of the text encoder, part of the text-cache key.
         text_hidden_size (`int`): Hidden size of the text encoder's token states.
@@ -131,6 +137,8 @@ class FusionRecConfig(PretrainedConfig):
         movie_id_dropout: float = 0.5,
         count_gated_ids: bool = True,
         user_id_dropout: float = 0.1,
+        match_features: list[str] | None = None,
+        match_dim: int = 16,
         text_encoder_name_or_path: str = "google-t5/t5-small",
         text_encoder_revision: str | None = None,
         text_hidden_size: int = 512,
@@ -177,6 +185,8 @@ class FusionRecConfig(PretrainedConfig):
         self.movie_id_dropout = movie_id_dropout
         self.count_gated_ids = count_gated_ids
         self.user_id_dropout = user_id_dropout
+        self.match_features = list(match_features or [])
+        self.match_dim = match_dim
         self.text_encoder_name_or_path = text_encoder_name_or_path
         self.text_encoder_revision = text_encoder_revision
         self.text_hidden_size = text_hidden_size
@@ -219,7 +229,7 @@ class FusionRecConfig(PretrainedConfig):
             "an int": (int, ("num_movies", "num_users", "hidden_size", "fusion_hidden_size", "text_hidden_size",
                              "text_max_length", "perceiver_num_latents", "perceiver_depth", "perceiver_num_heads",
                              "perceiver_head_dim", "user_num_layers", "user_num_heads", "max_history_length",
-                             "num_rating_buckets")),
+                             "num_rating_buckets", "match_dim")),
             "a number": ((int, float), ("movie_id_dropout", "user_id_dropout", "rating_step", "rating_min", "rating_max",
                                         "time_origin", "time_scale", "dropout", "retrieval_temperature",
                                         "rating_loss_weight", "initializer_range", "logq_correction")),
@@ -252,6 +262,7 @@ class FusionRecConfig(PretrainedConfig):
             "rating_step": self.rating_step,
             "time_scale": self.time_scale,
             "retrieval_temperature": self.retrieval_temperature,
+            "match_dim": self.match_dim,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -289,10 +300,19 @@ class FusionRecConfig(PretrainedConfig):
             raise ValueError(f"FusionRecConfig.score_function must be one of {SCORE_FUNCTIONS}, got {self.score_function!r}.")
         if not 0.0 <= self.logq_correction <= 2.0:
             raise ValueError(f"FusionRecConfig.logq_correction must be in [0, 2], got {self.logq_correction!r}.")
+        categorical = sorted(self.categorical_vocab_sizes) if self.use_content_features else []
+        if unknown := sorted(set(self.match_features) - set(categorical)):
+            raise ValueError(f"FusionRecConfig.match_features {unknown} are not categorical features of this model "
+                             f"(it has {categorical}).")
         if not (self.use_id_embedding or self.use_content_features or self.use_text):
             raise ValueError("FusionRecConfig needs at least one of use_id_embedding, use_content_features, use_text.")
         if not self.rating_min < self.rating_max:
             raise ValueError(f"FusionRecConfig.rating_min ({self.rating_min}) must be below rating_max ({self.rating_max}).")
+
+    @property
+    def vector_size(self) -> int:
+        """Length of the movie and user vectors: the towers' width plus the match channel's."""
+        return self.hidden_size + (self.match_dim if self.match_features else 0)
 
     @classmethod
     def from_feature_spec(cls, feature_spec: str | os.PathLike | dict, **overrides: Any) -> FusionRecConfig:

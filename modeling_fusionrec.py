@@ -36,6 +36,7 @@ except ImportError:
 
 SECONDS_PER_DAY = 86_400.0
 PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+MATCH_LOG_SCALE_INIT = math.log(0.5)  # a shared value starts at +0.25 on a cosine score; training moves it
 
 
 @dataclass
@@ -342,6 +343,18 @@ class MovieTower(nn.Module):
         )
         self.residual = nn.Linear(fused, dim)
         self.norm = nn.LayerNorm(dim) if config.score_function == "cosine" else nn.Identity()
+        if config.match_features:
+            self.match_embeddings = nn.ModuleDict(
+                {name: nn.Embedding(config.categorical_vocab_sizes[name], config.match_dim) for name in config.match_features}
+            )
+
+    def match_vectors(self, categorical: dict[str, Tensor]) -> Tensor:
+        """The movie's side of the match channel: per feature the unit vector of its value, summed; zero for no
+        value and for the pooled rare ones (indices 0 and 1), which match nothing."""
+        return sum(
+            F.normalize(embedding(categorical[name]), dim=-1) * (categorical[name] > 1).unsqueeze(-1)
+            for name, embedding in self.match_embeddings.items()
+        )
 
     def _numeric_part(self, numeric: Tensor) -> Tensor:
         mean = numeric.new_tensor(self.config.numeric_feature_means)
@@ -498,8 +511,11 @@ class FusionPreTrainedModel(PreTrainedModel):
             init.normal_(module.latents, mean=0.0, std=std)
         elif isinstance(module, UserTower):
             init.normal_(module.start_token, mean=0.0, std=std)
-        elif isinstance(module, FusionModel) and module.log_temperature is not None:
-            init.constant_(module.log_temperature, math.log(self.config.retrieval_temperature))
+        elif isinstance(module, FusionModel):
+            if module.log_temperature is not None:
+                init.constant_(module.log_temperature, math.log(self.config.retrieval_temperature))
+            if module.match_log_scale is not None:
+                init.constant_(module.match_log_scale, MATCH_LOG_SCALE_INIT)
 
 
 class FusionModel(FusionPreTrainedModel):
@@ -513,6 +529,8 @@ class FusionModel(FusionPreTrainedModel):
         self.log_temperature = (
             nn.Parameter(torch.tensor(math.log(config.retrieval_temperature))) if config.learn_temperature else None
         )
+        # the match channel's weight: a shared value adds exp(2 * this) to the dot product (cosine units)
+        self.match_log_scale = nn.Parameter(torch.tensor(MATCH_LOG_SCALE_INIT)) if config.match_features else None
         self._text_encoder: tuple[nn.Module, object] | None = None
         self._movie_catalog: FusionCatalog | None = None
         self._catalog_source: dict = {}  # from_pretrained's revision, cache, token: where the catalog is read from
@@ -538,6 +556,22 @@ class FusionModel(FusionPreTrainedModel):
     def score_vectors(self, hidden: Tensor) -> Tensor:
         """A tower's output as the vector scored against the other tower's: unit length under cosine scores."""
         return F.normalize(hidden, dim=-1) if self.config.score_function == "cosine" else hidden
+
+    def movie_output(self, hidden: Tensor, categorical: dict[str, Tensor] | None) -> Tensor:
+        """The movie tower's output as the vector scored, with the movie's match channel (`config.match_features`)."""
+        vectors = self.score_vectors(hidden)
+        if not self.config.match_features:
+            return vectors
+        return torch.cat((vectors, self.match_log_scale.exp() * self.movie_tower.match_vectors(categorical)), dim=-1)
+
+    def user_output(self, hidden: Tensor, last_movie_vectors: Tensor | None) -> Tensor:
+        """The user tower's read-out as the vector scored; with a match channel, the user's is that of the last
+        movie read (its movie vector's, already scaled; zeros before any), so the dot product gains the shared
+        values' bonus."""
+        vectors = self.score_vectors(hidden)
+        if not self.config.match_features:
+            return vectors
+        return torch.cat((vectors, last_movie_vectors[..., self.config.hidden_size :]), dim=-1)
 
     # ----- frozen text encoder (kept outside the state dict: the config names it) -----
 
@@ -681,7 +715,7 @@ class FusionModel(FusionPreTrainedModel):
             text_states=text_states,
             text_mask=text_mask,
         )
-        return self.score_vectors(hidden)
+        return self.movie_output(hidden, inputs.get("categorical"))
 
     @torch.no_grad()
     def calculate_new_movie_feature(self, texts: list[str]) -> Tensor:
@@ -702,7 +736,7 @@ class FusionModel(FusionPreTrainedModel):
                 "multi_valued": {name: torch.zeros(count, 1, dtype=torch.long, device=device) for name in config.multi_valued_vocab_sizes},
             }  # fmt: skip
         hidden = self.movie_tower(movie_indices=None, **content, text_states=states.to(device), text_mask=mask.to(device))
-        return self.score_vectors(hidden)
+        return self.movie_output(hidden, content.get("categorical"))
 
     def calculate_user_feature(
         self,
@@ -744,8 +778,9 @@ class FusionModel(FusionPreTrainedModel):
             lengths = mask.sum(dim=1, keepdim=True)
         else:
             lengths = (mask.unsqueeze(1) & (history_timestamps.unsqueeze(1) <= as_of.unsqueeze(2))).sum(dim=2)
+        history_vectors = movie_vectors[history_movie_indices * mask]
         read = self.user_tower.encode(
-            movie_vectors=movie_vectors[history_movie_indices * mask],
+            movie_vectors=history_vectors[..., : self.config.hidden_size],
             ratings=history_ratings,
             timestamps=history_timestamps,
             mask=mask,
@@ -756,12 +791,17 @@ class FusionModel(FusionPreTrainedModel):
         user = self.user_tower.read_out(
             read, user_indices=user_indices, query_times=query, previous_times=last_time, has_previous=lengths > 0
         )
-        user = self.score_vectors(user)
+        last_movies = None
+        if self.config.match_features:
+            steps = repeat((lengths - 1).clamp(min=0), "b r -> b r d", d=history_vectors.shape[-1])
+            last_movies = history_vectors.gather(1, steps) * (lengths > 0).unsqueeze(-1)
+        user = self.user_output(user, last_movies)
         return user if dated else user.squeeze(1)
 
     def predict_rating(self, user_vectors: Tensor, movie_vectors: Tensor) -> Tensor:
         """Rating of each (user, movie) pair from their vectors (as returned by the calculate_* methods)."""
-        return self.rating_head(user_vectors, movie_vectors)
+        hidden = self.config.hidden_size
+        return self.rating_head(user_vectors[..., :hidden], movie_vectors[..., :hidden])
 
     @torch.no_grad()
     def recommend(
@@ -991,8 +1031,9 @@ class FusionModel(FusionPreTrainedModel):
         # A lookup, not movie_vectors[rows]: indexing's backward scatter-adds in thread order (not repeatable on
         # more than one CPU thread); an embedding's backward sums in a fixed order.
         history_vectors = F.embedding(rows, movie_vectors)
+        hidden = self.config.hidden_size
         states = self.user_tower.encode(
-            movie_vectors=history_vectors[:, :-1],
+            movie_vectors=history_vectors[:, :-1, :hidden],
             ratings=history_ratings[:, :-1],
             timestamps=history_timestamps[:, :-1],
             mask=history_mask[:, :-1],
@@ -1003,8 +1044,11 @@ class FusionModel(FusionPreTrainedModel):
         user_hidden = self.user_tower.read_out(
             states, user_indices=user_indices, query_times=query, previous_times=previous, has_previous=has_previous
         )
-        user_vectors = self.score_vectors(user_hidden)
-        rating_predictions = self.rating_head(user_vectors, history_vectors)
+        last_movies = None
+        if self.config.match_features:  # state j has read steps 0..j-1: its last movie is step j - 1
+            last_movies = F.pad(history_vectors[:, :-1], (0, 0, 1, 0)) * has_previous.unsqueeze(-1)
+        user_vectors = self.user_output(user_hidden, last_movies)
+        rating_predictions = self.rating_head(user_vectors[..., :hidden], history_vectors[..., :hidden])
         if not return_loss:
             return FusionModelOutput(
                 user_vectors=user_vectors, movie_vectors=movie_vectors, rating_predictions=rating_predictions

@@ -34,7 +34,7 @@ def catalog_vectors(model, catalog: MovieCatalog, *, batch_size: int = 512, show
         indices = torch.arange(start, min(start + batch_size, len(catalog)))
         inputs = to_device(catalog.inputs(indices, config=model.config), model.device)
         vectors.append(model.calculate_movie_feature(**inputs).float())
-    return torch.cat(vectors) if vectors else torch.zeros(0, model.config.hidden_size)
+    return torch.cat(vectors) if vectors else torch.zeros(0, model.config.vector_size)
 
 
 @torch.no_grad()

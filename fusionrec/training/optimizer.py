@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-SPARSE_TABLES = ("id_embedding", "user_embedding", "categorical_embeddings", "bag_embeddings")
+SPARSE_TABLES = ("id_embedding", "user_embedding", "categorical_embeddings", "bag_embeddings", "match_embeddings")
 
 
 class TableAdamW(torch.optim.AdamW):

@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--user-id-dropout", type=float, default=None, help="probability of hiding the user's id in training (config: 0.1)"
     )
     model.add_argument(
+        "--match-features", nargs="+", default=None, metavar="FEATURE",
+        help="categorical features (e.g. collection) whose value shared with the user's last movie adds a learned "
+        "bonus to the score, through a match channel on both vectors (config: none)",
+    )  # fmt: skip
+    model.add_argument(
         "--logq-correction", type=float, default=None,
         help="weight in [0, 2] of the logQ correction of the sampled softmax (config: 1, full; 0: none; above 1: "
         "a popularity prior)",
@@ -340,6 +345,8 @@ def build_config(args, spec: dict):
             overrides[name] = getattr(args, name)
     if args.learn_temperature:
         overrides["learn_temperature"] = True
+    if args.match_features:
+        overrides["match_features"] = args.match_features
     if not args.no_text:
         from modeling_fusionrec import text_encoder_hidden_size
 

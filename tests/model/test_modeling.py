@@ -345,6 +345,9 @@ def test_bad_batches_raise_value_error_naming_the_field(mutate, field):
         ({"score_function": "euclidean"}, r"score_function must be one of \('cosine', 'dot'\)"),
         ({"post_release_feature_names": ["popularity"]}, r"\['popularity'\] are not numeric features"),
         ({"use_id_embedding": False, "use_content_features": False, "use_text": False}, "at least one"),
+        ({"match_features": ["collection"]}, r"\['collection'\] are not categorical features of this model"),
+        ({"match_features": ["adult"], "use_content_features": False}, r"\['adult'\] are not categorical features"),
+        ({"match_features": ["adult"], "match_dim": 0}, "match_dim must be > 0"),
     ],
 )
 def test_impossible_config_fails_at_construction(overrides, message):
@@ -474,6 +477,51 @@ def test_dot_product_scores_let_vector_lengths_vary_and_survive_save_and_reload(
     reloaded = AutoModel.from_pretrained(tmp_path).eval()
     assert reloaded.config.score_function == "dot"
     for name, value in out.items():
+        assert torch.equal(value, outputs_of(reloaded, batch)[name]), name
+
+
+def test_the_match_channel_adds_a_learned_bonus_where_a_movie_shares_the_last_movies_value(tmp_path):
+    """With `match_features`, a user's score for a movie is the cosine of the towers plus exp(2 * match_log_scale)
+    x the cosine of the two values' match vectors (1 for the same value) where the user's last movie has a value
+    and the movie one, and nothing else; training moves the tables and the weight; the model reloads."""
+    torch.manual_seed(0)
+    config = tiny_config(match_features=["original_language"], use_text=False)
+    model = FusionModel(config).eval()
+    catalog = movie_inputs(config, torch.arange(config.num_movies))
+    languages = catalog["categorical"]["original_language"]
+    vectors = model.calculate_movie_feature(**catalog)
+    assert vectors.shape == (config.num_movies, config.hidden_size + config.match_dim) == (40, config.vector_size)
+    history = torch.tensor([[5, 7, 0]])  # original_language: 2, 1 (the pooled rare ones), then the last read
+    inputs = dict(history_movie_indices=history, history_ratings=torch.tensor([[4.0, 3.0, 0.0]]),
+                  history_timestamps=torch.tensor([[9 * 10**8, 9 * 10**8 + 60, 0]]), movie_vectors=vectors,
+                  history_mask=torch.tensor([[True, True, False]]))  # fmt: skip
+    after_one = model.calculate_user_feature(**inputs, history_lengths=torch.tensor([[1, 2]]))[0]
+    hidden, bonus = config.hidden_size, float(model.match_log_scale.detach().exp() ** 2)
+    tower_scores = F.normalize(after_one[:, :hidden], dim=-1) @ vectors[:, :hidden].T
+    extra = after_one @ vectors.T - tower_scores
+    same = (languages == languages[5]) & (languages > 1)
+    assert bonus == pytest.approx(0.25) and int(same.sum()) >= 2
+    torch.testing.assert_close(extra[0][same], torch.full((int(same.sum()),), bonus))
+    assert extra[0][languages <= 1].abs().max() < 1e-6  # no value or a pooled rare one matches nothing
+    assert extra[1].abs().max() < 1e-6  # after movie 7, whose value is the pooled rare one: no bonus anywhere
+
+    batch = history_batch(config, seed=4)
+    out = outputs_of(model, batch)  # in training, the state before step j reads step j - 1's match vector
+    rows = torch.searchsorted(batch["movie_inputs"]["movie_indices"], batch["history_movie_indices"])
+    previous = F.pad(out["movie_vectors"][rows][:, :-1, hidden:], (0, 0, 1, 0))
+    previous = previous * (F.pad(batch["history_mask"], (1, 0))[:, :-1] & batch["history_mask"]).unsqueeze(-1)
+    torch.testing.assert_close(out["user_vectors"][..., hidden:], previous)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    model(**batch).loss.backward()
+    table = model.movie_tower.match_embeddings["original_language"].weight
+    assert model.match_log_scale.grad.abs() > 0 and table.grad.abs().sum() > 0
+    optimizer.step()
+    model.eval()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert reloaded.config.match_features == ["original_language"]
+    for name, value in outputs_of(model, batch).items():
         assert torch.equal(value, outputs_of(reloaded, batch)[name]), name
 
 
