@@ -311,7 +311,7 @@ A two-tower movie recommender trained with fusionrec. The movie tower fuses an i
 (numbers, categories, genres, keywords, cast, crew, companies, countries, languages) and a frozen text encoder's
 token states pooled by a Perceiver Resampler; a causal Transformer over a person's rating history gives their
 vector; recommendations are the catalog movies closest to it (cosine). {num_parameters:,} parameters,
-{config.hidden_size}-dimensional vectors.
+{config.vector_size}-dimensional vectors.
 
 The repository carries its catalog: {len(catalog):,} movies with MovieLens, TMDB and IMDb ids, titles, years,
 genres and their trained vectors (`catalog.json`, `catalog_vectors.safetensors`), so it recommends on its own. It
@@ -343,7 +343,7 @@ from transformers import AutoModel
 model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)
 model.recommend_for_history([("Heat (1995)", 5.0), "tmdb:862"], k=10, as_of="2015-06-01")
 # [{{"movie_index", "movie_id", "tmdb_id", "imdb_id", "title", "year", "genres", "score", "predicted_rating"}}, ...]
-catalog = model.movie_catalog()   # ids, titles, years, genres and vectors ({len(catalog):,} x {config.hidden_size})
+catalog = model.movie_catalog()   # ids, titles, years, genres and vectors ({len(catalog):,} x {config.vector_size})
 ```
 
 A movie outside the catalog (a new one) gets its vector from its content and text with
