@@ -476,10 +476,12 @@ class RatingHead(nn.Module):
     def __init__(self, config: FusionRecConfig) -> None:
         super().__init__()
         self.rating_min, self.rating_max = config.rating_min, config.rating_max
-        dim = config.hidden_size
+        self.dim = dim = config.hidden_size
         self.mlp = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Linear(dim, 1))
 
     def forward(self, user: Tensor, movie: Tensor) -> Tensor:
+        """Reads the towers' part of each vector: a match channel (`config.match_features`) scores retrieval only."""
+        user, movie = user[..., : self.dim], movie[..., : self.dim]
         score = self.mlp(torch.cat((user, movie, user * movie), dim=-1)).squeeze(-1)
         return self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(score)
 
@@ -800,8 +802,7 @@ class FusionModel(FusionPreTrainedModel):
 
     def predict_rating(self, user_vectors: Tensor, movie_vectors: Tensor) -> Tensor:
         """Rating of each (user, movie) pair from their vectors (as returned by the calculate_* methods)."""
-        hidden = self.config.hidden_size
-        return self.rating_head(user_vectors[..., :hidden], movie_vectors[..., :hidden])
+        return self.rating_head(user_vectors, movie_vectors)
 
     @torch.no_grad()
     def recommend(
@@ -1048,7 +1049,7 @@ class FusionModel(FusionPreTrainedModel):
         if self.config.match_features:  # state j has read steps 0..j-1: its last movie is step j - 1
             last_movies = F.pad(history_vectors[:, :-1], (0, 0, 1, 0)) * has_previous.unsqueeze(-1)
         user_vectors = self.user_output(user_hidden, last_movies)
-        rating_predictions = self.rating_head(user_vectors[..., :hidden], history_vectors[..., :hidden])
+        rating_predictions = self.rating_head(user_vectors, history_vectors)
         if not return_loss:
             return FusionModelOutput(
                 user_vectors=user_vectors, movie_vectors=movie_vectors, rating_predictions=rating_predictions
