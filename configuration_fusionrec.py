@@ -76,6 +76,7 @@ class FusionRecConfig(PretrainedConfig):
             that a shared value adds a learned bonus to the dot product. A pooled user vector against a fused movie
             vector has no such term; SASRec's shared input/output embeddings do. Empty: no channel.
         match_dim (`int`): Width of each match-channel vector.
+        match_init_bonus (`float`): What a shared value adds to a cosine score at initialization; training moves it.
         text_encoder_name_or_path (`str`): Frozen text encoder (any `AutoModel` text encoder; T5 by default).
         text_encoder_revision (`str`, *optional*): Revision of the text encoder, part of the text-cache key.
         text_hidden_size (`int`): Hidden size of the text encoder's token states.
@@ -139,6 +140,7 @@ class FusionRecConfig(PretrainedConfig):
         user_id_dropout: float = 0.1,
         match_features: list[str] | None = None,
         match_dim: int = 16,
+        match_init_bonus: float = 0.25,
         text_encoder_name_or_path: str = "google-t5/t5-small",
         text_encoder_revision: str | None = None,
         text_hidden_size: int = 512,
@@ -187,6 +189,7 @@ class FusionRecConfig(PretrainedConfig):
         self.user_id_dropout = user_id_dropout
         self.match_features = list(match_features or [])
         self.match_dim = match_dim
+        self.match_init_bonus = match_init_bonus
         self.text_encoder_name_or_path = text_encoder_name_or_path
         self.text_encoder_revision = text_encoder_revision
         self.text_hidden_size = text_hidden_size
@@ -232,7 +235,8 @@ class FusionRecConfig(PretrainedConfig):
                              "num_rating_buckets", "match_dim")),
             "a number": ((int, float), ("movie_id_dropout", "user_id_dropout", "rating_step", "rating_min", "rating_max",
                                         "time_origin", "time_scale", "dropout", "retrieval_temperature",
-                                        "rating_loss_weight", "initializer_range", "logq_correction")),
+                                        "rating_loss_weight", "initializer_range", "logq_correction",
+                                        "match_init_bonus")),
             "true or false": (bool, ("use_id_embedding", "use_content_features", "use_text", "learn_temperature")),
             "a string": (str, ("text_encoder_name_or_path", "score_function")),
         }  # fmt: skip
@@ -263,6 +267,7 @@ class FusionRecConfig(PretrainedConfig):
             "time_scale": self.time_scale,
             "retrieval_temperature": self.retrieval_temperature,
             "match_dim": self.match_dim,
+            "match_init_bonus": self.match_init_bonus,
         }
         for name, value in positive.items():
             if not value > 0:

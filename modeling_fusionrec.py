@@ -36,7 +36,6 @@ except ImportError:
 
 SECONDS_PER_DAY = 86_400.0
 PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-MATCH_LOG_SCALE_INIT = math.log(0.5)  # a shared value starts at +0.25 on a cosine score; training moves it
 
 
 @dataclass
@@ -517,7 +516,7 @@ class FusionPreTrainedModel(PreTrainedModel):
             if module.log_temperature is not None:
                 init.constant_(module.log_temperature, math.log(self.config.retrieval_temperature))
             if module.match_log_scale is not None:
-                init.constant_(module.match_log_scale, MATCH_LOG_SCALE_INIT)
+                init.constant_(module.match_log_scale, 0.5 * math.log(self.config.match_init_bonus))
 
 
 class FusionModel(FusionPreTrainedModel):
@@ -532,7 +531,9 @@ class FusionModel(FusionPreTrainedModel):
             nn.Parameter(torch.tensor(math.log(config.retrieval_temperature))) if config.learn_temperature else None
         )
         # the match channel's weight: a shared value adds exp(2 * this) to the dot product (cosine units)
-        self.match_log_scale = nn.Parameter(torch.tensor(MATCH_LOG_SCALE_INIT)) if config.match_features else None
+        self.match_log_scale = (
+            nn.Parameter(torch.tensor(0.5 * math.log(config.match_init_bonus))) if config.match_features else None
+        )
         self._text_encoder: tuple[nn.Module, object] | None = None
         self._movie_catalog: FusionCatalog | None = None
         self._catalog_source: dict = {}  # from_pretrained's revision, cache, token: where the catalog is read from

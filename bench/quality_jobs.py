@@ -196,8 +196,8 @@ INERT_UNLESS = {"lr_decay_patience": ("lr_scheduler", ("plateau", "wsd")), "lr_d
 ADDED_SINCE = {
     "train_accelerate": {"compile": False, "logq_correction": None, "window_stride": None, "score_function": None,
                          "weight_average_decay": 0.0, "full_determinism": False, "embedding_lr_scale": 1.0,
-                         "table_updates": "dense", "match_features": None},
-    "config": {"score_function": "cosine", "match_features": [], "match_dim": 16},
+                         "table_updates": "dense", "match_features": None, "match_init_bonus": None},
+    "config": {"score_function": "cosine", "match_features": [], "match_dim": 16, "match_init_bonus": 0.25},
 }
 
 
@@ -509,10 +509,10 @@ TRAINING_OPTIONS = {  # bench_quality.py options passed on, under the same names
     "eval_steps": int, "patience": int, "batch_size": int, "learning_rate": float, "hidden_size": int,
     "max_history_length": int, "text_max_length": int, "perceiver_depth": int, "perceiver_head_dim": int,
     "num_negatives": str, "post_release_dropout": float, "max_epochs": int, "dropout": float, "temperature": float,
-    "user_id_dropout": float, "movie_id_dropout": float, "weight_decay": float, "num_layers": int, "lr_scheduler": str, "lr_decay_patience": int,
-    "lr_cooldown_fraction": float, "embedding_lr_scale": float, "table_updates": str, "match_features": str,
-    "rating_loss_weight": float, "logq_correction": float, "window_stride": int, "score_function": str,
-    "weight_average_decay": float,
+    "user_id_dropout": float, "movie_id_dropout": float, "weight_decay": float, "num_layers": int,
+    "lr_scheduler": str, "lr_decay_patience": int, "lr_cooldown_fraction": float, "embedding_lr_scale": float,
+    "table_updates": str, "match_features": str, "match_init_bonus": float, "rating_loss_weight": float,
+    "logq_correction": float, "window_stride": int, "score_function": str, "weight_average_decay": float,
 }
 
 

@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         "bonus to the score, through a match channel on both vectors (config: none)",
     )  # fmt: skip
     model.add_argument(
+        "--match-init-bonus", type=float, default=None,
+        help="what a shared value adds to a cosine score at initialization, before training moves it (config: 0.25)",
+    )  # fmt: skip
+    model.add_argument(
         "--logq-correction", type=float, default=None,
         help="weight in [0, 2] of the logQ correction of the sampled softmax (config: 1, full; 0: none; above 1: "
         "a popularity prior)",
@@ -340,7 +344,7 @@ def build_config(args, spec: dict):
     if args.temperature is not None:
         overrides["retrieval_temperature"] = args.temperature
     for name in ("dropout", "movie_id_dropout", "post_release_dropout", "user_id_dropout", "perceiver_depth",
-                 "perceiver_head_dim", "logq_correction", "score_function"):
+                 "perceiver_head_dim", "logq_correction", "score_function", "match_init_bonus"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.learn_temperature:
