@@ -348,6 +348,7 @@ def test_bad_batches_raise_value_error_naming_the_field(mutate, field):
         ({"match_features": ["collection"]}, r"\['collection'\] are not categorical features of this model"),
         ({"match_features": ["adult"], "use_content_features": False}, r"\['adult'\] are not categorical features"),
         ({"match_features": ["adult"], "match_dim": 0}, "match_dim must be > 0"),
+        ({"match_features": ["adult"], "match_init_bonus": 0.0}, "match_init_bonus must be > 0"),
     ],
 )
 def test_impossible_config_fails_at_construction(overrides, message):
@@ -482,10 +483,11 @@ def test_dot_product_scores_let_vector_lengths_vary_and_survive_save_and_reload(
 
 def test_the_match_channel_adds_a_learned_bonus_where_a_movie_shares_the_last_movies_value(tmp_path):
     """With `match_features`, a user's score for a movie is the cosine of the towers plus exp(2 * match_log_scale)
-    x the cosine of the two values' match vectors (1 for the same value) where the user's last movie has a value
+    (`match_init_bonus` at the start) x the cosine of the two values' match vectors (1 for the same value) where
+    the user's last movie has a value
     and the movie one, and nothing else; training moves the tables and the weight; the model reloads."""
     torch.manual_seed(0)
-    config = tiny_config(match_features=["original_language"], use_text=False)
+    config = tiny_config(match_features=["original_language"], match_init_bonus=0.4, use_text=False)
     model = FusionModel(config).eval()
     catalog = movie_inputs(config, torch.arange(config.num_movies))
     languages = catalog["categorical"]["original_language"]
@@ -500,7 +502,7 @@ def test_the_match_channel_adds_a_learned_bonus_where_a_movie_shares_the_last_mo
     tower_scores = F.normalize(after_one[:, :hidden], dim=-1) @ vectors[:, :hidden].T
     extra = after_one @ vectors.T - tower_scores
     same = (languages == languages[5]) & (languages > 1)
-    assert bonus == pytest.approx(0.25) and int(same.sum()) >= 2
+    assert bonus == pytest.approx(0.4) and int(same.sum()) >= 2
     torch.testing.assert_close(extra[0][same], torch.full((int(same.sum()),), bonus))
     assert extra[0][languages <= 1].abs().max() < 1e-6  # no value or a pooled rare one matches nothing
     assert extra[1].abs().max() < 1e-6  # after movie 7, whose value is the pooled rare one: no bonus anywhere
