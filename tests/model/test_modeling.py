@@ -484,8 +484,8 @@ def test_dot_product_scores_let_vector_lengths_vary_and_survive_save_and_reload(
 def test_the_match_channel_adds_a_learned_bonus_where_a_movie_shares_the_last_movies_value(tmp_path):
     """With `match_features`, a user's score for a movie is the cosine of the towers plus exp(2 * match_log_scale)
     (`match_init_bonus` at the start) x the cosine of the two values' match vectors (1 for the same value) where
-    the user's last movie has a value
-    and the movie one, and nothing else; training moves the tables and the weight; the model reloads."""
+    the user's last movie has a value and the movie one, and nothing else; training moves the tables and the
+    weight; the model reloads."""
     torch.manual_seed(0)
     config = tiny_config(match_features=["original_language"], match_init_bonus=0.4, use_text=False)
     model = FusionModel(config).eval()
