@@ -190,13 +190,16 @@ class Job:
 RESULT_NEUTRAL = {"config": ("custom_pipelines",), "train_accelerate": ("dataloader_num_workers",)}
 # train_accelerate.py options that act only under another option's value (and records made before they existed lack)
 INERT_UNLESS = {"lr_decay_patience": ("lr_scheduler", ("plateau", "wsd")), "lr_decay_factor": ("lr_scheduler", ("plateau",)),
-                "lr_cooldown_fraction": ("lr_scheduler", ("wsd",)), "compile_backend": ("compile", (True,))}
+                "lr_cooldown_fraction": ("lr_scheduler", ("wsd",)), "compile_backend": ("compile", (True,)),
+                **{name: ("no_content_features", (False,))  # an ids-only model has no match channel by default
+                   for name in ("match_features", "match_init_bonus", "match_bonus_factors")}}
 # train_accelerate.py options and config fields added after records were made, at the value that does what the code
 # did before them (an option at None: the config's default, compared on its own)
 ADDED_SINCE = {
     "train_accelerate": {"compile": False, "logq_correction": None, "window_stride": None, "score_function": None,
                          "weight_average_decay": 0.0, "full_determinism": False, "embedding_lr_scale": 1.0,
-                         "table_updates": "dense", "match_features": None, "match_init_bonus": None},
+                         "table_updates": "dense", "match_features": None, "match_init_bonus": None,
+                         "match_bonus_factors": [1.0]},
     "config": {"score_function": "cosine", "match_features": [], "match_dim": 16, "match_init_bonus": 0.25},
 }
 
