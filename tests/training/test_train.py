@@ -566,6 +566,53 @@ def test_the_weight_average_is_what_a_run_validates_and_saves_and_it_resumes_exa
     assert "written without --weight-average-decay" in one_line_error(capsys)
 
 
+def test_the_match_bonus_is_chosen_on_validation_and_the_saved_models_use_it(dataset, tmp_path, capsys):
+    """Each validation scores the learned bonus times each factor and keeps the best NDCG@10; best/ and final/ hold
+    the bonus their validation chose, and the reloaded best reproduces its validation figure."""
+    from transformers import AutoModel
+
+    from fusionrec.data.catalog import load_catalog
+    from fusionrec.data.sequences import evaluation_examples
+    from fusionrec.evaluation import evaluate_split
+
+    common = ["--dataset", dataset, "--max-steps", 12, "--eval-steps", 4, "--patience", 0, *TINY, "--no-text",
+              "--match-features", "original_language"]  # the tiny set's movies share no collection
+    fitted, learned = tmp_path / "fitted", tmp_path / "learned"
+    assert run([*common, "--output-dir", fitted, "--match-bonus-factors", "0.25", "4", "16"]) == 0
+    assert run([*common, "--output-dir", learned, "--match-bonus-factors", "1"]) == 0
+    evaluations = [entry for entry in summary(fitted)["history"] if "ndcg@10" in entry]
+    assert len(evaluations) == 3 and all(entry["ndcg@10"] >= entry["ndcg@10_learned_bonus"] for entry in evaluations)
+    as_learned = [entry for entry in summary(learned)["history"] if "ndcg@10" in entry]
+    assert [entry["ndcg@10_learned_bonus"] for entry in evaluations] == [entry["ndcg@10"] for entry in as_learned]
+    best = next(entry for entry in evaluations if entry["step"] == summary(fitted)["best_step"])
+    assert best["ndcg@10"] > best["ndcg@10_learned_bonus"], "the test needs a best step where a factor helped"
+
+    def bonus(folder: Path) -> float:
+        return float(load_file(folder / "model.safetensors")["match_log_scale"].exp() ** 2)
+
+    assert bonus(fitted / "best") == pytest.approx(best["match_bonus"], rel=1e-5)
+    assert bonus(fitted / "final") == pytest.approx(evaluations[-1]["match_bonus"], rel=1e-5)
+    model = AutoModel.from_pretrained(fitted / "best", trust_remote_code=True)
+    catalog, _ = load_catalog(dataset, model.config, show_progress=False)
+    examples = evaluation_examples(read_sequences(load_tables(dataset)[1]), "leave_one_out", "validation",
+                                   catalog.cold_item.numpy())
+    assert evaluate_split(model, catalog, examples)["ndcg@10"] == pytest.approx(best["ndcg@10"], abs=1e-9)
+
+
+def test_the_match_channel_is_on_collection_by_default_where_content_is_read(dataset, tmp_path, capsys):
+    spec = json.loads((dataset / "feature_spec.json").read_text())
+
+    def match_of(*argv: str) -> list[str]:
+        args = parse_args(["--dataset", str(dataset), "--output-dir", str(tmp_path), "--no-text", *argv])
+        args._resume_dir = None
+        return build_config(args, spec).match_features
+
+    assert match_of() == ["collection"] and match_of("--match-features", "none") == []
+    assert match_of("--no-content-features") == [] and match_of("--match-features", "original_language") == ["original_language"]
+    assert run(["--dataset", dataset, "--output-dir", tmp_path / "bad", "--match-bonus-factors", "1", "0"]) == 2
+    assert "--match-bonus-factors: each must be a number > 0" in one_line_error(capsys)
+
+
 def test_ddp_timeout_must_be_positive(tmp_path, capsys):
     assert run(["--dataset", tmp_path, "--output-dir", tmp_path / "out", "--ddp-timeout", "0"]) == 2
     assert "argument --ddp-timeout: must be > 0, got 0" in one_line_error(capsys)
