@@ -873,7 +873,7 @@ class FusionModel(FusionPreTrainedModel):
 
     def set_movie_catalog(self, catalog: FusionCatalog) -> None:
         """Recommend from `catalog` (e.g. one built from a prepared dataset) instead of the saved one."""
-        expected = (self.config.num_movies, self.config.hidden_size)
+        expected = (self.config.num_movies, self.config.vector_size)
         if catalog.vectors is None or tuple(catalog.vectors.shape) != expected:
             got = None if catalog.vectors is None else tuple(catalog.vectors.shape)
             raise ValueError(f"the movie catalog's vectors have shape {got}; this model needs {expected}.")

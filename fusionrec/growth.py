@@ -5,7 +5,8 @@ Stored rows are copied bit for bit. New rows start as what the model already kno
 a new movie's id row is drawn like MovieIdEmbedding's initialisation (near zero) and its training count is zero
 (so its id gate is closed and the movie is read from its content, as cold movies are), a new user's row is the unknown user's (index 0, which user-id dropout and typed
 histories train), and a new vocabulary token's row is the out-of-vocabulary row (index 1: before the update the
-token would have been encoded as <oov>). A model may only grow to a folder whose lineage records the model's sizes:
+token would have been encoded as <oov>); a new value's match-channel row (`config.match_features`) is random, so
+that it matches itself and not the other new values. A model may only grow to a folder whose lineage records the model's sizes:
 an unrelated dataset still stops with one line.
 """
 
@@ -79,6 +80,12 @@ def grow_model(model, spec: dict, *, dataset_dir: str | os.PathLike, seed: int =
         ):
             for name, table in tables.items():
                 tables[name] = grow_embedding(table, sizes[name], copies_of_row(table, oov, sizes[name]))
+        for name, table in getattr(tower, "match_embeddings", {}).items():
+            # random rows, not the pooled one's: two new values would otherwise match each other fully
+            generator = torch.Generator().manual_seed(seed)
+            rows = torch.randn(target.categorical_vocab_sizes[name] - table.num_embeddings, config.match_dim,
+                               generator=generator)
+            tower.match_embeddings[name] = grow_embedding(table, target.categorical_vocab_sizes[name], rows)
     for field in GROWN_FIELDS:
         setattr(config, field, getattr(target, field))
     return model

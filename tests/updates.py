@@ -15,6 +15,7 @@ import pandas as pd
 from fusionrec.data.sources.synthetic import generate_synthetic
 
 NEW_GENRE = "Documentary"
+NEW_COLLECTION = "New Saga Collection"  # two new movies share it: a categorical value the update adds
 NEW_KEYWORD = "found on a hard drive"
 TABLES = ("movies_metadata.csv", "keywords.csv", "credits.csv")
 
@@ -67,6 +68,8 @@ def write_update_sources(root: Path, *, users: int = 60, movies: int = 120, seed
     meta, keywords = current["movies_metadata.csv"], current["keywords.csv"]
     first = meta.index[meta["id"] == new_tmdb[0]][0]
     meta.loc[first, "genres"] = _append(meta.loc[first, "genres"], {"id": 99, "name": NEW_GENRE})
+    for tmdb_id in new_tmdb[2:4]:
+        meta.loc[meta["id"] == tmdb_id, "belongs_to_collection"] = str({"id": 777, "name": NEW_COLLECTION})
     second = keywords.index[keywords["id"].isin(new_tmdb[1:])][0]
     keywords.loc[second, "keywords"] = _append(keywords.loc[second, "keywords"], {"id": 9999, "name": NEW_KEYWORD})
 

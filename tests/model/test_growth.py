@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from configuration_fusionrec import FusionRecConfig
 from fusionrec.data.loading import load_feature_spec
@@ -34,13 +35,14 @@ def tables(model: FusionModel) -> dict[str, torch.Tensor]:
     found = {"movie_ids": tower.id_embedding.weight, "users": model.user_tower.user_embedding.weight}
     found.update({f"cat_{n}": t.weight for n, t in tower.categorical_embeddings.items()})
     found.update({f"bag_{n}": t.weight for n, t in tower.bag_embeddings.items()})
+    found.update({f"match_{n}": t.weight for n, t in getattr(tower, "match_embeddings", {}).items()})
     return {name: weight.detach().clone() for name, weight in found.items()}
 
 
 def test_growing_keeps_stored_rows_bit_identical_and_starts_new_ones_as_never_seen(updated_dataset):
     _, old, new = updated_dataset
     spec = load_feature_spec(new.output_dir)
-    model = old_model(old)
+    model = old_model(old, match_features=["collection"])
     counts = torch.arange(model.config.num_movies, dtype=torch.float32) + 1
     model.set_movie_counts(counts)
     before, untouched = tables(model), {n: p.detach().clone() for n, p in model.named_parameters() if "embedding" not in n}
@@ -56,6 +58,10 @@ def test_growing_keeps_stored_rows_bit_identical_and_starts_new_ones_as_never_se
     assert 0.5 * model.config.initializer_range < grown.std() < 2 * model.config.initializer_range
     assert before["movie_ids"].std() > 10 * grown.std()
     assert torch.equal(after["users"][len(before["users"]) :], before["users"][0].expand_as(after["users"][len(before["users"]) :]))
+    assert after["match_collection"].shape[0] == old_sizes["categorical_vocab_sizes"]["collection"] + 1
+    assert torch.equal(after["cat_collection"][-1], before["cat_collection"][1])
+    new_saga = after["match_collection"][-1]  # its own direction: new values must not all match each other
+    assert not torch.allclose(F.normalize(new_saga, dim=0), F.normalize(before["match_collection"][1], dim=0))
     new_genre = after["bag_genres"][-1]
     assert torch.equal(new_genre, before["bag_genres"][1])  # the <oov> row: what the token was encoded as before
     assert all(torch.equal(p, untouched[n]) for n, p in model.named_parameters() if n in untouched)
@@ -65,7 +71,7 @@ def test_growing_keeps_stored_rows_bit_identical_and_starts_new_ones_as_never_se
     assert type(model.movie_tower.id_embedding).__name__ == "MovieIdEmbedding"
     assert model.movie_tower.id_embedding.weight.requires_grad
     # seeded: the same seed grows the same rows
-    again = grow_model(old_model(old), spec, dataset_dir=new.output_dir, seed=3)
+    again = grow_model(old_model(old, match_features=["collection"]), spec, dataset_dir=new.output_dir, seed=3)
     assert torch.equal(again.movie_tower.id_embedding.weight, model.movie_tower.id_embedding.weight)
 
 

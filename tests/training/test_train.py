@@ -382,10 +382,11 @@ def test_checkpoint_from_another_feature_spec_is_one_line(dataset, tmp_path, cap
 
 def test_init_from_grows_a_model_trained_before_the_update_and_trains_on_the_new_folder(updated_dataset, tmp_path):
     _, old, new = updated_dataset
-    common = ["--eval-steps", 0, "--no-text", *TINY]
+    common = ["--eval-steps", 0, "--no-text", "--match-bonus-factors", 1, *TINY]
     assert run(["--dataset", old, "--output-dir", tmp_path / "old", "--max-steps", 3, *common]) == 0
     before = load_file(tmp_path / "old" / "final" / "model.safetensors")
-    # learning rate 0: the grown weights reach the saved model untouched, so the growth itself is what we see
+    # learning rate 0 and the match bonus as learned: the grown weights reach the saved model untouched, so the
+    # growth itself is what we see
     assert run(["--dataset", new.output_dir, "--output-dir", tmp_path / "frozen", "--init-from", tmp_path / "old" / "final",
                 "--max-steps", 2, "--learning-rate", 0, *common]) == 0
     grown = load_file(tmp_path / "frozen" / "final" / "model.safetensors")
@@ -395,10 +396,11 @@ def test_init_from_grows_a_model_trained_before_the_update_and_trains_on_the_new
     assert set(grown) == set(before)
     resized = [name for name in before if grown[name].shape != before[name].shape]
     assert {"movie_tower.id_embedding.weight", "user_tower.user_embedding.weight",
-            "movie_tower.bag_embeddings.genres.weight"} <= set(resized)  # fmt: skip
+            "movie_tower.bag_embeddings.genres.weight", "movie_tower.categorical_embeddings.collection.weight",
+            "movie_tower.match_embeddings.collection.weight"} <= set(resized)  # fmt: skip
     for name, weight in before.items():
         if name != "movie_tower.movie_counts":
-            assert torch.equal(grown[name][: len(weight)], weight), name
+            assert torch.equal(grown[name][: len(weight)] if weight.dim() else grown[name], weight), name
     # the id gate's counts are not learned: they are the new folder's training counts
     movies, sequences = load_tables(new.output_dir)
     train_part = training_part(read_sequences(sequences), "leave_one_out", np.asarray(movies["cold_item"], dtype=bool))
