@@ -1,6 +1,6 @@
 """How much of leave_one_out quality is "the next film of the franchise": trained fusion_full checkpoints scored as
-they are and with a bonus b for every candidate in the same TMDB collection as the user's last history movie, b
-chosen on validation. A probe of what the model misses, not a model: the bonus lives outside the vectors.
+they are (their own dot products: cosines, plus the match channel's bonus where they have one) and with a bonus b
+for every candidate in the same TMDB collection as the user's last history movie, b chosen on validation. A probe of what the model misses, not a model: the bonus lives outside the vectors.
 
     python bench/probe_franchise.py --dataset PREPARED --text-cache-dir DIR --checkpoints RUN/best [RUN2/best ...]
 
@@ -68,11 +68,10 @@ def main() -> None:
         model = load_model(str(path))
         data.attach_text(args.text_cache_dir, model.config.text_max_length)
         vectors = catalog_vectors(model, data.catalog)
-        movies = torch.nn.functional.normalize(vectors, dim=-1)
         scores, same = {}, {}
         for stage, examples in stages.items():
             _, _, users = rank_examples(model, examples, vectors, k=10, return_user_vectors=True)
-            scores[stage] = (torch.nn.functional.normalize(users, dim=-1) @ movies.T).double().numpy()
+            scores[stage] = (users @ vectors.T).double().numpy()  # the model's own scores, match channel included
             same[stage] = same_collection_as_last(collections, last[stage])
         for bonus in args.bonuses:
             cells = []
