@@ -1,6 +1,7 @@
 """How much of leave_one_out quality is "the next film of the franchise": trained fusion_full checkpoints scored as
 they are (their own dot products: cosines, plus the match channel's bonus where they have one) and with a bonus b
-for every candidate in the same TMDB collection as the user's last history movie, b chosen on validation. A probe of what the model misses, not a model: the bonus lives outside the vectors.
+for every candidate in the same TMDB collection as the user's last history movie, b chosen on validation. A probe of
+what the model misses, not a model: the bonus lives outside the vectors.
 
     python bench/probe_franchise.py --dataset PREPARED --text-cache-dir DIR --checkpoints RUN/best [RUN2/best ...]
 

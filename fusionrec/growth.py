@@ -80,9 +80,9 @@ def grow_model(model, spec: dict, *, dataset_dir: str | os.PathLike, seed: int =
         ):
             for name, table in tables.items():
                 tables[name] = grow_embedding(table, sizes[name], copies_of_row(table, oov, sizes[name]))
+        generator = torch.Generator().manual_seed(seed)  # one stream: each feature's new rows differ from another's
         for name, table in getattr(tower, "match_embeddings", {}).items():
             # random rows, not the pooled one's: two new values would otherwise match each other fully
-            generator = torch.Generator().manual_seed(seed)
             rows = torch.randn(target.categorical_vocab_sizes[name] - table.num_embeddings, config.match_dim,
                                generator=generator)
             tower.match_embeddings[name] = grow_embedding(table, target.categorical_vocab_sizes[name], rows)
